@@ -1,0 +1,48 @@
+"""Bundled offline assets for `experiment=tiny`: tiny models and the demo corpus, built on first use.
+
+Configs refer to them as `${tiny_asset:teacher}`, `${tiny_asset:student}`, `${tiny_asset:data}`.
+They are written once under `$ALTCLIP_CACHE_DIR/tiny-v1/` (default `~/.cache/altclip_train`),
+atomically and under a file lock, so concurrent ranks or runs never see half-built files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+ASSET_VERSION = "tiny-v1"
+NAMES = ("teacher", "student", "data")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ALTCLIP_CACHE_DIR", "~/.cache/altclip_train")).expanduser()
+
+
+def tiny_asset(name: str) -> str:
+    """Path of one tiny asset, building the whole set the first time any is asked for."""
+    if name not in NAMES:
+        raise ValueError(f"unknown tiny asset '{name}'; choose one of {', '.join(NAMES)}")
+    root = cache_root() / ASSET_VERSION
+    if not (root / "COMPLETE").exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with open(root.parent / f".{ASSET_VERSION}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (root / "COMPLETE").exists():
+                _build(root)
+    return str(root / name)
+
+
+def _build(root: Path) -> None:
+    from altclip_train.demo.build_data import build_demo_data
+    from altclip_train.models.tiny import build_tiny_clip, build_tiny_xlmr
+
+    staging = root.with_name(f".{ASSET_VERSION}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    demo = build_demo_data(staging / "data")
+    build_tiny_clip(staging / "teacher", demo.all_texts("en"))
+    build_tiny_xlmr(staging / "student", demo.all_texts())
+    (staging / "COMPLETE").write_text("ok\n")
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(staging, root)

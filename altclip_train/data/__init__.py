@@ -1,0 +1,1 @@
+"""Data: parallel text corpora, WebDataset image-text shards, batching and on-disk embedding caches."""

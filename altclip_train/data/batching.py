@@ -1,0 +1,77 @@
+"""Deterministic, length-bucketed, rank-split batch plans for map-style data.
+
+An epoch's plan is a function of (seed, epoch) alone: weighted sampling per group (language),
+shuffling, bucketing by length so each batch pads only to its own longest row, then shuffling the
+batch order. Each *global* batch is split into one contiguous slice per rank, so N processes with
+local batch B/N see exactly the samples one process sees with batch B, and resuming at global batch
+k of an epoch is just skipping the first k entries of the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class BatchPlan:
+    lengths: np.ndarray            # token length per row, for bucketing
+    groups: list[np.ndarray]       # row indices of each group (one per corpus / language)
+    weights: list[float]           # rows of a group drawn per epoch = weight * group size
+    global_batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    bucket_by_length: bool = True
+    bucket_span: int = 64          # batches sorted together in one bucket window
+    drop_last: bool = True
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        rows = []
+        for group, weight in zip(self.groups, self.weights):
+            whole, fraction = divmod(weight * len(group), len(group)) if len(group) else (0, 0)
+            rows.extend([group] * int(whole))
+            if fraction:
+                rows.append(rng.choice(group, size=int(round(fraction)), replace=False))
+        rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        return rng.permutation(rows) if self.shuffle else rows
+
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
+        rows = self.epoch_rows(epoch)
+        size = self.global_batch_size
+        if self.bucket_by_length:
+            window = size * self.bucket_span
+            sorted_windows = []
+            for start in range(0, len(rows), window):
+                chunk = rows[start:start + window]
+                sorted_windows.append(chunk[np.argsort(-self.lengths[chunk], kind="stable")])
+            rows = np.concatenate(sorted_windows) if sorted_windows else rows
+        batches = [rows[start:start + size] for start in range(0, len(rows), size)]
+        if batches and self.drop_last and len(batches[-1]) < size:
+            batches.pop()
+        if self.shuffle and self.bucket_by_length:
+            order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))
+            batches = [batches[i] for i in order]
+        return batches
+
+    def num_batches(self, epoch: int = 0) -> int:
+        return len(self.global_batches(epoch))
+
+
+def rank_slice(global_batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This rank's contiguous share of a global batch (sizes differ by at most one row)."""
+    bounds = np.linspace(0, len(global_batch), world_size + 1).astype(int)
+    return global_batch[bounds[rank]:bounds[rank + 1]]
+
+
+def padded_rank_slice(global_batch: np.ndarray, rank: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-size shares for evaluation: short shares repeat a row and flag it as padding."""
+    share = -(-len(global_batch) // world_size)
+    rows = global_batch[rank * share:(rank + 1) * share]
+    valid = np.ones(share, dtype=bool)
+    valid[len(rows):] = False
+    if len(rows) < share:
+        filler = global_batch[-1:] if len(global_batch) else np.zeros(1, dtype=np.int64)
+        rows = np.concatenate([rows, np.repeat(filler, share - len(rows))])
+    return rows, valid

@@ -1,0 +1,124 @@
+"""Write evaluation results: eval.json, a Markdown table per task and a grouped bar chart comparing models.
+
+Results are nested `{model: {task: {lang: {metric: value}}}}` with task "zeroshot" or "retrieval"; tables have one
+row per language (plus the mean over languages) and one column per metric x model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TASK_TITLES = {"zeroshot": "Zero-shot classification (accuracy, %)", "retrieval": "Image-text retrieval (recall, %)"}
+# The one number per task the chart shows.
+HEADLINE = {"zeroshot": ("top1", "zero-shot top-1 (%)"), "retrieval": ("mean_recall", "retrieval mean recall (%)")}
+MEAN_ROW = "mean"
+
+Results = dict[str, dict[str, dict[str, dict[str, float]]]]
+
+
+def metric_name(task: str, metric: str, lang: str) -> str:
+    """The flat, namespaced name used in logs: eval/zeroshot_top1/ja, eval/retrieval/t2i_r@1/fr."""
+    if task == "zeroshot":
+        return f"eval/zeroshot_{metric}/{lang}"
+    return f"eval/{task}/{metric}/{lang}"
+
+
+def flatten(results_of_model: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """One model's {task: {lang: {metric: v}}} as flat logging names."""
+    return {
+        metric_name(task, metric, lang): value
+        for task, per_lang in results_of_model.items()
+        for lang, metrics in per_lang.items()
+        for metric, value in metrics.items()
+    }
+
+
+def _ordered_union(lists) -> list[str]:
+    return list(dict.fromkeys(item for sub in lists for item in sub))
+
+
+def _task_layout(results: Results, task: str) -> tuple[list[str], list[str], list[str]]:
+    models = [model for model, tasks in results.items() if task in tasks]
+    langs = _ordered_union(results[m][task] for m in models)
+    metrics = _ordered_union(metrics for m in models for metrics in results[m][task].values())
+    return models, langs, metrics
+
+
+def _value(results: Results, model: str, task: str, lang: str, metric: str) -> float | None:
+    if lang == MEAN_ROW:
+        values = [per_lang[metric] for per_lang in results[model][task].values() if metric in per_lang]
+        return sum(values) / len(values) if values else None
+    return results[model][task].get(lang, {}).get(metric)
+
+
+def markdown_report(results: Results, data: dict | None = None) -> str:
+    """Markdown: per task a table with languages as rows and metric x model columns; then what was evaluated."""
+    lines = ["# Evaluation", ""]
+    for task, title in TASK_TITLES.items():
+        models, langs, metrics = _task_layout(results, task)
+        if not models:
+            continue
+        columns = [(metric, model) for metric in metrics for model in models]
+        lines += [f"## {title}", ""]
+        lines.append("| lang | " + " | ".join(f"{metric} {model}" for metric, model in columns) + " |")
+        lines.append("|---|" + "---:|" * len(columns))
+        for lang in [*langs, MEAN_ROW] if len(langs) > 1 else langs:
+            cells = []
+            for metric, model in columns:
+                value = _value(results, model, task, lang, metric)
+                cells.append("-" if value is None else f"{value:.2f}")
+            label = f"**{lang}**" if lang == MEAN_ROW else lang
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if data:
+        lines += ["## Data", ""]
+        for task, info in data.items():
+            details = ", ".join(f"{key}: {value}" for key, value in info.items() if key != "languages")
+            lines.append(f"- {task}: {details}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_comparison(results: Results, path: str | Path) -> Path:
+    """PNG with one grouped bar chart per task's headline metric: languages on x, one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [task for task in HEADLINE if any(task in tasks for tasks in results.values())]
+    if not tasks:
+        raise ValueError("no results to plot")
+    figure, axes = plt.subplots(len(tasks), 1, figsize=(10, 3.6 * len(tasks)), squeeze=False)
+    for axis, task in zip(axes[:, 0], tasks):
+        metric, label = HEADLINE[task]
+        models, langs, _ = _task_layout(results, task)
+        rows = [*langs, MEAN_ROW] if len(langs) > 1 else langs
+        width = 0.8 / len(models)
+        for number, model in enumerate(models):
+            values = [_value(results, model, task, lang, metric) or 0.0 for lang in rows]
+            positions = [x + (number - (len(models) - 1) / 2) * width for x in range(len(rows))]
+            axis.bar(positions, values, width, label=model)
+        axis.set_xticks(range(len(rows)), rows)
+        axis.set_ylabel(label)
+        axis.set_ylim(0, 100)
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize="small", ncols=min(len(models), 4))
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_report(results: Results, data: dict, output_dir: str | Path, extra: dict | None = None) -> dict[str, str]:
+    """Write eval.json, eval.md and eval.png into output_dir; returns their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": output_dir / "eval.json", "markdown": output_dir / "eval.md", "chart": output_dir / "eval.png"}
+    document = {"results": results, "data": data, **(extra or {})}
+    paths["json"].write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(markdown_report(results, data), encoding="utf-8")
+    plot_comparison(results, paths["chart"])
+    return {kind: str(path) for kind, path in paths.items()}

@@ -1,0 +1,123 @@
+"""`altclip-train eval`: compare several checkpoints on zero-shot classification and retrieval, per language.
+
+    altclip-train eval models.teacher=openai/clip-vit-large-patch14 models.phase2=outputs/.../final \\
+        zeroshot.images=data/imagenet/val zeroshot.classnames_dir=data/imagenet/classnames \\
+        zeroshot.templates_dir=data/imagenet/templates retrieval.pairs=data/xtd10/pairs.csv
+
+Every file is checked before the first model loads. Models load one at a time; models that share an image
+transform share the evaluation data (and its decoded pixels with `cache_images`). Writes eval.json, eval.md and
+eval.png to `output_dir`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from altclip_train.data.images import ClipImageTransform
+from altclip_train.evaluate.models import load_eval_model, resolve_device
+from altclip_train.evaluate.report import flatten, write_report
+from altclip_train.evaluate.retrieval import RetrievalEvaluator
+from altclip_train.evaluate.zeroshot import ZeroShotEvaluator
+
+log = logging.getLogger(__name__)
+
+
+def _enabled(section, key: str) -> bool:
+    return section is not None and section.get(key) is not None
+
+
+def _build_evaluators(cfg: DictConfig, transform: ClipImageTransform) -> dict:
+    common = dict(
+        transform=transform,
+        tokenizer=None,  # each model brings its own, passed per call
+        batch_size=cfg.batch_size,
+        max_length=cfg.get("max_length"),
+        num_workers=cfg.get("num_workers", 0),
+        cache_images=cfg.get("cache_images", False),
+        amp=cfg.get("amp", True),
+    )
+    evaluators = {}
+    if _enabled(cfg.get("zeroshot"), "images"):
+        section = cfg.zeroshot
+        languages = section.get("languages")
+        evaluators["zeroshot"] = ZeroShotEvaluator(
+            image_source=section.images,
+            classnames_dir=section.classnames_dir,
+            templates_dir=section.get("templates_dir"),
+            languages=None if languages is None else list(languages),
+            **common,
+        )
+    if _enabled(cfg.get("retrieval"), "pairs"):
+        section = cfg.retrieval
+        languages = section.get("languages")
+        pairs = section.pairs
+        evaluators["retrieval"] = RetrievalEvaluator(
+            pairs=list(pairs) if OmegaConf.is_list(pairs) else pairs,
+            languages=None if languages is None else list(languages),
+            image_root=section.get("image_root"),
+            default_lang=section.get("default_lang") or "en",
+            **common,
+        )
+    return evaluators
+
+
+def _config_dict(cfg: DictConfig) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # interpolations that only resolve inside a Hydra app (${hydra:...})
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    """Evaluate every model in `cfg.models` and write the report; returns the eval.json content plus
+    `metrics` (per model, flat logging names) and `files` (written paths)."""
+    models = {str(name): str(path) for name, path in (cfg.get("models") or {}).items() if path}
+    if not models:
+        raise ValueError("no models to evaluate: set models.<name>=<checkpoint dir or hub id>")
+    if not (_enabled(cfg.get("zeroshot"), "images") or _enabled(cfg.get("retrieval"), "pairs")):
+        raise ValueError("nothing to evaluate: set zeroshot.images and/or retrieval.pairs")
+    torch.manual_seed(cfg.get("seed", 0))
+    device = resolve_device(cfg.get("device", "auto"))
+
+    # Reading each transform first lets every data file be validated before any weights load.
+    transforms = {name: ClipImageTransform.from_pretrained(path) for name, path in models.items()}
+    evaluators_by_transform = {t: _build_evaluators(cfg, t) for t in dict.fromkeys(transforms.values())}
+
+    results: dict = {}
+    model_info: dict = {}
+    data: dict = {}
+    for name, path in models.items():
+        started = time.perf_counter()
+        loaded = load_eval_model(path, name=name, device=device)
+        results[name] = {}
+        for task, evaluator in evaluators_by_transform[transforms[name]].items():
+            log.info("evaluating %s: %s", name, task)
+            results[name][task] = evaluator.evaluate_languages(
+                loaded.model, device, tokenizer=loaded.tokenizer, max_length=cfg.get("max_length") or loaded.max_length
+            )
+            data[task] = evaluator.summary()
+        model_info[name] = {
+            "path": path,
+            "model_type": loaded.model_type,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        del loaded
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    extra = {"models": model_info, "device": str(device), "config": _config_dict(cfg)}
+    files = write_report(results, data, cfg.output_dir, extra=extra)
+    log.info("wrote %s", ", ".join(files.values()))
+    return {
+        "results": results,
+        "data": data,
+        **extra,
+        "metrics": {name: flatten(per_task) for name, per_task in results.items()},
+        "files": files,
+    }

@@ -1,0 +1,1 @@
+"""Model building: teacher CLIP towers, the AltCLIP text student, assembly and export to transformers AltCLIP."""

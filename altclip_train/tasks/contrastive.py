@@ -1,0 +1,96 @@
+"""Phase 2 (and the demo's teacher pretraining): contrastive image-text training of a two-tower model.
+
+The same task trains an `AltCLIPModel` with its image side frozen (LiT style, the AltCLIP recipe)
+or a plain `CLIPModel` with nothing frozen. What is frozen is declared in config. When the batch
+carries cached `image_embeds` (the frozen tower's projected output, computed once on disk) the
+image tower is skipped entirely.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from altclip_train.losses import build_contrastive_loss
+from altclip_train.tasks.base import Task
+from altclip_train.tasks.distill import strip_prefix
+
+
+class ContrastiveTask(Task):
+    def __init__(self, model: nn.Module, tokenizer: str, image_processor: str, freeze: Iterable[str] = (),
+                 loss: str = "clip", loss_options: dict | None = None, evaluator=None):
+        super().__init__()
+        self.model = model
+        self.tokenizer_source = tokenizer
+        self.image_processor_source = image_processor
+        # DeepSpeed ZeRO broadcasts parameters through a byte view that fails on 0-dim tensors, so
+        # logit_scale trains as shape [1] and is turned back into a scalar on export.
+        self.model.logit_scale = nn.Parameter(self.model.logit_scale.detach().reshape(1).clone())
+        self.loss = build_contrastive_loss(loss, **(loss_options or {}))
+        self.logit_bias = nn.Parameter(torch.tensor([self.loss.init_logit_bias])) if self.loss.uses_logit_bias else None
+        self.freeze(freeze)
+        self.evaluator = evaluator
+
+    @property
+    def image_side_frozen(self) -> bool:
+        image_params = list(self.model.vision_model.parameters()) + list(self.model.visual_projection.parameters())
+        return not any(p.requires_grad for p in image_params)
+
+    def image_embeddings(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "image_embeds" in batch:
+            if not self.image_side_frozen:
+                raise ValueError("cached image_embeds need a frozen vision tower and visual_projection; "
+                                 "turn data.image_cache off or freeze them")
+            return batch["image_embeds"].float()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.image_side_frozen):
+            return self.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+
+    def text_embeddings(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.model.get_text_features(input_ids=batch["input_ids"],
+                                            attention_mask=batch["attention_mask"]).pooler_output
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image, text = self.image_embeddings(batch), self.text_embeddings(batch)
+        loss = self.loss(image, text, self.model.logit_scale.squeeze(), self._bias())
+        return {"loss": loss, "logit_scale": self.model.logit_scale.detach().squeeze().exp()}
+
+    def _bias(self):
+        return self.logit_bias.squeeze() if self.logit_bias is not None else None
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[dict[str, Any]], accelerator) -> dict[str, float]:
+        """Validation loss over held-out pairs, plus zero-shot / retrieval when an evaluator is set."""
+        metrics: dict[str, float] = {}
+        total, count = torch.zeros((), device=accelerator.device), 0
+        for batch in batches:
+            total += self.forward(batch)["loss"].float()
+            count += 1
+        if count:
+            metrics["val/loss"] = accelerator.reduce(total / count, reduction="mean").item()
+        if self.evaluator is not None:
+            metrics.update(self.evaluator.evaluate(self.model, accelerator.device))
+        return metrics
+
+    def export(self, output_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """The model (AltCLIPModel or CLIPModel) with its processor, loadable with plain transformers."""
+        output_dir = Path(output_dir)
+        state = strip_prefix(state_dict, "model.") if state_dict is not None else self.model.state_dict()
+        state = {k: v for k, v in state.items() if k != "logit_bias"}
+        state["logit_scale"] = state["logit_scale"].reshape(())
+        model = type(self.model)(self.model.config)
+        model.load_state_dict(state)
+        model.save_pretrained(output_dir, safe_serialization=True)
+        build_processor(model.config.model_type, self.tokenizer_source, self.image_processor_source).save_pretrained(output_dir)
+        return output_dir
+
+
+def build_processor(model_type: str, tokenizer: str, image_processor: str):
+    """AltCLIPProcessor (XLM-R tokenizer + CLIP image processor) or CLIPProcessor."""
+    from transformers import AltCLIPProcessor, AutoTokenizer, CLIPImageProcessor, CLIPProcessor
+
+    processor_class = AltCLIPProcessor if model_type == "altclip" else CLIPProcessor
+    return processor_class(image_processor=CLIPImageProcessor.from_pretrained(image_processor),
+                           tokenizer=AutoTokenizer.from_pretrained(tokenizer))

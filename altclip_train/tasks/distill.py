@@ -1,0 +1,136 @@
+"""Phase 1: distil a CLIP teacher's text tower into an AltCLIPTextModel student with MSE.
+
+Each batch row is one student sentence (the English side or its translation) with the teacher's
+target for the English side: the English-English rows keep the student's English close to CLIP's,
+which the paper's ablation shows matters. Targets normally come from the on-disk teacher cache
+(`teacher_embeds`); with the cache off the task runs the teacher live on `teacher_input_ids`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from altclip_train.losses import distill_mse_loss
+from altclip_train.models.student import build_student
+from altclip_train.models.teacher import load_teacher_text_model, teacher_text_dim
+from altclip_train.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+class DistillTask(Task):
+    def __init__(self, teacher: str, student: str, student_tokenizer: str | None = None,
+                 freeze: Iterable[str] = (), teacher_cache: bool = True, trust_remote_code: bool = False):
+        super().__init__()
+        self.teacher_name = teacher
+        self.student_tokenizer = student_tokenizer or student
+        self.model = build_student(student, teacher_text_dim(teacher, trust_remote_code), trust_remote_code)
+        self.freeze(freeze)
+        # The live teacher is deliberately not a registered submodule: it is never trained, so it
+        # stays out of checkpoints, the optimizer and DDP's gradient buckets.
+        self._live_teacher = None if teacher_cache else [load_teacher_text_model(teacher, None, trust_remote_code)]
+
+    def teacher_targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "teacher_embeds" in batch:
+            return batch["teacher_embeds"].float()
+        if self._live_teacher is None:
+            raise KeyError("batch has no teacher_embeds and the task was built with teacher_cache=true")
+        teacher = self._live_teacher[0]
+        device = batch["teacher_input_ids"].device
+        if next(teacher.parameters()).device != device:
+            teacher.to(device)
+        with torch.no_grad():
+            pooled = teacher(input_ids=batch["teacher_input_ids"],
+                             attention_mask=batch["teacher_attention_mask"]).pooler_output.float()
+        # Both student rows of a pair (English, translation) share the English target.
+        repeats = batch["student_input_ids"].shape[0] // pooled.shape[0]
+        return pooled.repeat(repeats, 1)
+
+    def student_embeddings(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.model(input_ids=batch["student_input_ids"],
+                          attention_mask=batch["student_attention_mask"]).pooler_output
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        target = self.teacher_targets(batch)
+        return {"loss": distill_mse_loss(self.student_embeddings(batch), target)}
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[dict[str, Any]], accelerator) -> dict[str, float]:
+        """Per language: MSE to the teacher, and translation retrieval accuracy (top-1, cosine).
+
+        A translated sentence is right when its student vector is closest to the teacher vector of
+        its own English source among all of that language's validation sources.
+        """
+        student, teacher, langs, sources = [], [], [], []
+        for batch in batches:
+            # Padding rows (source_index -1) keep every rank's batches the same shape, which
+            # collectives (and ZeRO-3's parameter gathers) require; they are dropped below.
+            student.append(gather_rows(accelerator, self.student_embeddings(batch).float()))
+            teacher.append(gather_rows(accelerator, self.teacher_targets(batch)))
+            sources.append(gather_rows(accelerator, batch["source_index"]))
+            langs.extend(gather_strings(batch["lang"], accelerator))
+        if not student:
+            return {}
+        keep = torch.cat(sources) >= 0
+        student, teacher, sources = torch.cat(student)[keep], torch.cat(teacher)[keep], torch.cat(sources)[keep]
+        langs = [lang for lang, kept in zip(langs, keep.tolist()) if kept]
+        metrics: dict[str, float] = {}
+        by_lang = defaultdict(list)
+        for row, lang in enumerate(langs):
+            by_lang[lang].append(row)
+        for lang, rows in sorted(by_lang.items()):
+            rows = torch.tensor(rows, device=student.device)
+            metrics[f"val/mse/{lang}"] = F.mse_loss(student[rows], teacher[rows]).item()
+            metrics[f"val/translation_acc/{lang}"] = translation_accuracy(student[rows], teacher[rows], sources[rows])
+        metrics["val/mse"] = F.mse_loss(student, teacher).item()
+        return metrics
+
+    def export(self, output_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """`AltCLIPTextModel` + the student tokenizer, loadable with plain transformers."""
+        from transformers import AutoTokenizer
+
+        output_dir = Path(output_dir)
+        model = self.model
+        if state_dict is not None:
+            model.load_state_dict(strip_prefix(state_dict, "model."))
+        model.save_pretrained(output_dir, safe_serialization=True)
+        AutoTokenizer.from_pretrained(self.student_tokenizer).save_pretrained(output_dir)
+        return output_dir
+
+
+def translation_accuracy(student: torch.Tensor, teacher: torch.Tensor, sources: torch.Tensor) -> float:
+    """Share of rows whose nearest teacher source (cosine, deduplicated by source) is their own."""
+    unique_sources, first = unique_first_index(sources)
+    candidates = F.normalize(teacher[first], dim=-1)
+    scores = F.normalize(student, dim=-1) @ candidates.T
+    predicted = unique_sources[scores.argmax(dim=-1)]
+    return (predicted == sources).float().mean().item()
+
+
+def unique_first_index(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    unique, inverse = torch.unique(values, return_inverse=True)
+    positions = torch.arange(len(values), device=values.device)
+    first = torch.full((len(unique),), len(values), device=values.device, dtype=torch.long)
+    first.scatter_reduce_(0, inverse, positions, reduce="amin")
+    return unique, first
+
+
+def gather_rows(accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows in rank order (every rank holds the same number of rows)."""
+    return accelerator.gather(tensor.contiguous()) if accelerator.num_processes > 1 else tensor
+
+
+def gather_strings(strings: list[str], accelerator) -> list[str]:
+    from accelerate.utils import gather_object
+
+    return list(gather_object(list(strings))) if accelerator.num_processes > 1 else list(strings)
+
+
+def strip_prefix(state_dict: dict, prefix: str) -> dict:
+    return {key[len(prefix):] if key.startswith(prefix) else key: value for key, value in state_dict.items()}

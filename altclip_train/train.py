@@ -1,0 +1,255 @@
+"""The one training loop both phases share: build, prepare, step, log, evaluate, checkpoint, export.
+
+What differs between phases lives in config: `model` instantiates a Task (model + loss + freezing),
+`data` instantiates a data module. The loop never asks which phase it runs. Launch it through the
+CLI (`altclip-train distill ...`, `altclip-train contrastive ...`), directly or under
+`accelerate launch` for DDP / DeepSpeed / FSDP.
+
+Data module contract: `setup(accelerator)`, `num_train_batches(epoch)`,
+`train_batches(epoch, start_batch)` (this rank's micro-batches, `grad_accum` per global batch),
+`val_batches()` or None, and a `skipped` Counter of dropped samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from altclip_train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from altclip_train.tracking import MetricsLog, flat_config, tracker_init_kwargs
+
+log = logging.getLogger("altclip_train")
+
+
+# --------------------------------------------------------------------------- building blocks
+def build_accelerator(cfg: DictConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+
+    trainer = cfg.trainer
+    on_cpu = trainer.cpu if trainer.cpu != "auto" else not torch.cuda.is_available()
+    # gloo is the process group that works on CPU (plain DDP and DeepSpeed); only set it when
+    # there is a group to make, since a single process must not try to initialise one.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and distributed else []
+    accelerator = Accelerator(
+        cpu=on_cpu,
+        mixed_precision=None if on_cpu else trainer.mixed_precision,
+        gradient_accumulation_steps=trainer.grad_accum_steps,
+        log_with=list(cfg.logger.trackers) or None,
+        project_config=ProjectConfiguration(project_dir=str(cfg.run_dir), logging_dir=str(cfg.run_dir)),
+        kwargs_handlers=handlers,
+    )
+    if accelerator.state.deepspeed_plugin is not None:
+        configure_deepspeed(accelerator, cfg)
+    return accelerator
+
+
+def configure_deepspeed(accelerator, cfg: DictConfig) -> None:
+    """Fill DeepSpeed's batch/clip fields from our config, since we never hand it a DataLoader."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    accum = cfg.trainer.grad_accum_steps
+    ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size // (accelerator.num_processes * accum)
+    ds["train_batch_size"] = cfg.data.batch_size
+    ds["gradient_accumulation_steps"] = accum
+    ds["gradient_clipping"] = cfg.optim.grad_clip or 0.0
+    if not torch.cuda.is_available():
+        ds.setdefault("optimizer", {})  # DeepSpeed's fused Adam needs CUDA; torch's AdamW works anywhere
+    ds["zero_allow_untested_optimizer"] = True
+
+
+def build_optimizer(task, optim: DictConfig) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters only; no weight decay on biases, norms and scalars."""
+    decay, no_decay = [], []
+    for name, param in task.trainable_named_parameters():
+        (no_decay if param.ndim < 2 else decay).append(param)
+    if not decay and not no_decay:
+        raise ValueError("every parameter is frozen: nothing to train (check model.freeze)")
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas),
+                             eps=optim.eps)
+
+
+def lr_factor(step: int, total_steps: int, optim: DictConfig) -> float:
+    """Linear warmup, then cosine/linear decay to `min_lr_ratio`, or constant."""
+    if optim.warmup_steps and step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1 - progress
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class PreemptionFlag:
+    """Set by SIGTERM/SIGUSR1 (SLURM preemption or time limit); acted on at the next step boundary."""
+
+    def __init__(self):
+        self.signum = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame):
+        self.signum = signum
+
+    def agreed(self, accelerator) -> int | None:
+        """The signal if any rank got one, so all ranks stop at the same step."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        flag = torch.tensor([self.signum or 0], device=accelerator.device)
+        return int(accelerator.reduce(flag, reduction="sum").item()) or None
+
+
+# --------------------------------------------------------------------------- the loop
+def train(cfg: DictConfig) -> Path:
+    """Run one training job described by `cfg`; returns the exported model dir (run_dir/final)."""
+    run_dir = Path(cfg.run_dir)
+    accelerator = build_accelerator(cfg)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    # ---- build: the task owns model + loss; the data module owns batches
+    task = instantiate(cfg.model, _convert_="all")
+    data = instantiate(cfg.data, _convert_="all")
+    data.setup(accelerator)
+    optimizer = build_optimizer(task, cfg.optim)
+    task, optimizer = accelerator.prepare(task, optimizer)
+    core = accelerator.unwrap_model(task)
+
+    batches_per_epoch = data.num_train_batches(0)
+    total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * batches_per_epoch
+    state = TrainState()
+    resume_from = resolve_resume(cfg.trainer.resume, run_dir)
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+    skipped = Counter(state.skipped)
+
+    accelerator.init_trackers(cfg.logger.project, config=flat_config(cfg),
+                              init_kwargs=tracker_init_kwargs(cfg.logger, run_dir, cfg.name))
+    metrics_log = MetricsLog(accelerator, run_dir)
+    preemption = PreemptionFlag()
+
+    def evaluate() -> dict[str, float]:
+        core.eval()
+        val = data.val_batches()
+        metrics = core.evaluate((to_device(b, accelerator.device) for b in val), accelerator) if val else {}
+        core.train()
+        if metrics:
+            metrics_log.log(metrics, state.step)
+            if accelerator.is_main_process:
+                log.info("step %d: %s", state.step, format_metrics(metrics))
+        return metrics
+
+    def checkpoint() -> None:
+        state.skipped = dict(skipped)
+        save_checkpoint(accelerator, run_dir, state, cfg.trainer.keep_last)
+
+    if state.step == 0 and cfg.trainer.eval_at_start:
+        evaluate()
+
+    progress = tqdm(total=total_steps, initial=state.step, desc=cfg.name, unit="step",
+                    disable=not accelerator.is_main_process, dynamic_ncols=True)
+    task.train()
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.optim.lr * lr_factor(state.step, total_steps, cfg.optim)
+    running_loss, running_steps, window_start, pairs_in_window = None, 0, time.perf_counter(), 0
+    while state.step < total_steps:
+        for batch in data.train_batches(state.epoch, state.batch_in_epoch):
+            # ---- single training step (one micro-batch; the optimizer steps once per global batch)
+            skipped.update(batch.pop("skipped", None) or {})
+            batch = to_device(batch, accelerator.device)
+            with accelerator.accumulate(task):
+                outputs = task(batch)
+                accelerator.backward(outputs["loss"])
+                if accelerator.sync_gradients and cfg.optim.grad_clip:
+                    accelerator.clip_grad_norm_(core.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            detached = {k: v.detach().float() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+            running_loss = detached if running_loss is None else {k: running_loss[k] + v for k, v in detached.items()}
+            running_steps += 1
+            pairs_in_window += len(batch.get("lang", ())) or 0
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            state.batch_in_epoch += 1
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.optim.lr * lr_factor(state.step, total_steps, cfg.optim)
+            progress.update(1)
+
+            # ---- log (the only place the loss leaves the device)
+            if state.step % cfg.trainer.log_every == 0 or state.step == total_steps:
+                averaged = {f"train/{k}": accelerator.reduce(v / running_steps, reduction="mean").item()
+                            for k, v in running_loss.items()}
+                elapsed = time.perf_counter() - window_start
+                rows_per_s = pairs_in_window * accelerator.num_processes / max(elapsed, 1e-9)
+                averaged.update({"train/lr": optimizer.param_groups[0]["lr"], "train/rows_per_s": rows_per_s,
+                                 "train/epoch": state.epoch})
+                metrics_log.log(averaged, state.step)
+                progress.set_postfix(loss=f"{averaged['train/loss']:.4g}", rows_s=f"{rows_per_s:.0f}")
+                running_loss, running_steps, window_start, pairs_in_window = None, 0, time.perf_counter(), 0
+
+            # ---- evaluate
+            if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0 and state.step < total_steps:
+                evaluate()
+
+            # ---- save checkpoint
+            if cfg.trainer.save_every and state.step % cfg.trainer.save_every == 0:
+                checkpoint()
+
+            # ---- preemption: save at this step boundary and leave with a requeue-able code
+            if state.step % cfg.trainer.signal_check_every == 0 or state.step == total_steps:
+                signum = preemption.agreed(accelerator)
+                if signum:
+                    log.warning("signal %d received: saving at step %d and exiting for requeue", signum, state.step)
+                    checkpoint()
+                    accelerator.end_training()
+                    sys.exit(128 + signum)
+            if state.step >= total_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    progress.close()
+
+    # ---- final evaluation, checkpoint and export
+    final_metrics = evaluate()
+    if cfg.trainer.save_every and state.step % cfg.trainer.save_every:
+        checkpoint()
+    full_state = accelerator.get_state_dict(task)
+    final_dir = run_dir / "final"
+    if accelerator.is_main_process:
+        core.export(final_dir, full_state)
+        if skipped:
+            log.warning("skipped samples: %s", dict(skipped))
+        metrics_log.log({f"skipped/{k}": float(v) for k, v in skipped.items()}, state.step)
+        log.info("model written to %s", final_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    train.last_metrics = final_metrics
+    return final_dir
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))

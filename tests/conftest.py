@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny CLIP/XLM-R checkpoints saved to disk (loaded through the same
+`from_pretrained` path a hub id takes), small parallel corpora, and a helper to run a phase."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from altclip_train.models.tiny import SAMPLE_CAPTIONS, SAMPLE_SENTENCES, build_tiny_clip, build_tiny_xlmr  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Keep embedding caches and tiny assets out of the user's home."""
+    cache = tmp_path_factory.mktemp("altclip_cache")
+    os.environ["ALTCLIP_CACHE_DIR"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("teacher") / "clip", SAMPLE_SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory) -> Path:
+    return build_tiny_xlmr(tmp_path_factory.mktemp("student") / "xlmr", SAMPLE_SENTENCES)
+
+
+def write_parallel_tsv(path: Path, lang: str, repeat: int = 4) -> Path:
+    """A TSV (columns en, <lang>) built from the aligned sample captions, with numbered variants."""
+    rows = ["en\t" + lang]
+    for copy in range(repeat):
+        for en, other in zip(SAMPLE_CAPTIONS["en"], SAMPLE_CAPTIONS[lang]):
+            rows.append(f"{en} {copy}\t{other} {copy}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parallel_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("parallel")
+    for lang in ("zh", "fr", "ja"):
+        write_parallel_tsv(root / f"{lang}.tsv", lang)
+    return root
+
+
+def distill_overrides(teacher: Path, student: Path, corpora_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    corpora = ",".join(f"{{lang: {lang}, path: '{corpora_dir / (lang + '.tsv')}'}}" for lang in ("zh", "fr", "ja"))
+    return [
+        f"model.teacher={teacher}", f"model.student={student}", f"data.corpora=[{corpora}]",
+        f"run_dir={run_dir}", "data.batch_size=8", "data.val_size=8", "data.num_workers=0",
+        "optim.lr=1e-3", "optim.warmup_steps=2", "trainer.max_steps=6", "trainer.log_every=2",
+        "trainer.eval_every=3", "trainer.save_every=3", "logger=jsonl", *extra,
+    ]
