@@ -93,6 +93,9 @@ class _GatherWithGrad(torch.autograd.Function):
     An all-reduce moves twice the bytes of a reduce-scatter, but the tensor is a batch of
     embeddings (a few MB at batch 1024) next to DDP's all-reduce of the whole model, and
     all-reduce works on every backend and torch version (gloo long lacked reduce-scatter).
+
+    Forward first exchanges the local row counts (one tiny all-gather and a host sync) so that
+    uneven batches raise on every rank instead of hanging NCCL or misaligning the labels.
     """
 
     @staticmethod
@@ -118,7 +121,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:
-        grad = grad_output.contiguous().clone()
+        grad = grad_output.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         start = ctx.rank * ctx.local_rows
         return grad[start : start + ctx.local_rows], None

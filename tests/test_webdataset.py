@@ -313,8 +313,10 @@ def test_records_count_skips_and_warn_about_caption_less_shards(tmp_path, caplog
 def test_broken_shards_are_warned_counted_and_skipped(tmp_path, eight_shards, caplog):
     first, second, third, _ = expand_shard_urls(eight_shards)
     data = (tmp_path / "shards" / "shard-00000.tar").read_bytes()
-    # cut inside a member: a cut on a member boundary looks like a complete (shorter) tar to a streaming reader
-    (tmp_path / "truncated.tar").write_bytes(data[: len(data) // 2 + 100])
+    with tarfile.open(first) as tar:
+        second_image = tar.getmember("000000001.png")
+    # cut inside a member's data: a cut at or inside a header looks like a complete, shorter tar to a stream reader
+    (tmp_path / "truncated.tar").write_bytes(data[: second_image.offset_data + second_image.size // 2])
     dataset = ImageTextWebDataset([str(tmp_path / "truncated.tar"), second, third], TRANSFORM, shuffle_buffer=0)
     (tmp_path / "shards" / "shard-00002.tar").unlink()  # vanishes between listing and reading
     with caplog.at_level(logging.WARNING, logger="altclip_train.data.webdataset"):

@@ -305,8 +305,10 @@ class ParallelTextData:
         return iter(self._loader([padded_rank_slice(c, self.rank, self.world_size) for c in chunks]))
 
     def _loader(self, items: list) -> DataLoader:
+        # A private generator: creating a loader must not draw from the global RNG, or dropout
+        # masks would depend on how many loaders (evaluations, resumes) came before.
         return DataLoader(self.rows, sampler=items, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=False)
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def report_skips(self) -> Counter:
         return self.skipped

@@ -25,7 +25,6 @@ import glob
 import json
 import logging
 import math
-import multiprocessing
 import os
 import random
 import re
@@ -51,6 +50,7 @@ CAPTION_CHOICES = ("random", "first")
 _LANG_TXT_SUFFIX = re.compile(r"([a-z]{2,3}(?:[-_][a-z0-9]+)?)\.txt")
 _URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
 _GLOB_CHARS = re.compile(r"[*?\[]")
+_warned_uneven: set[tuple[int, int]] = set()
 
 
 # ---------------------------------------------------------------------------------------------- shard lists
@@ -111,11 +111,13 @@ def check_shard_count(n_shards: int, world_size: int, num_workers: int, resample
             f"= {readers} readers without resampling; write more shards (prepare-wds --shard-size smaller), "
             f"use fewer workers, or set data.resampled=true"
         )
-    if not resampled and n_shards % readers:
+    # Only ranks must agree on their number of batches (DDP collectives); workers of one rank may differ.
+    if not resampled and world_size > 1 and n_shards % world_size and (n_shards, world_size) not in _warned_uneven:
+        _warned_uneven.add((n_shards, world_size))
         logger.warning(
-            "%d shards do not divide evenly over %d readers (%d ranks x %d workers): ranks will see different "
-            "numbers of samples per epoch; cap the steps per epoch or use data.resampled=true",
-            n_shards, readers, world_size, max(1, num_workers),
+            "%d shards do not divide evenly over %d ranks: ranks will see different numbers of samples per "
+            "epoch; cap the steps per epoch or use data.resampled=true",
+            n_shards, world_size,
         )
 
 
@@ -446,7 +448,9 @@ class ImageTextWebDataset(IterableDataset):
         self.samples_per_epoch = samples_per_epoch
         self._explicit_rank = None if rank is None else (rank, world_size)
         self._rank_at_build = distributed_rank_and_world_size()
-        self._epoch = multiprocessing.Value("i", 0)
+        # Shared memory that torch pickles for fork and spawn workers alike (a multiprocessing.Value's lock
+        # cannot cross into a spawn context), so set_epoch reaches persistent workers.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     @property
     def num_shards(self) -> int:
@@ -454,10 +458,10 @@ class ImageTextWebDataset(IterableDataset):
 
     @property
     def epoch(self) -> int:
-        return self._epoch.value
+        return int(self._epoch[0])
 
     def set_epoch(self, epoch: int) -> None:
-        self._epoch.value = int(epoch)
+        self._epoch[0] = int(epoch)
 
     def rank_and_world_size(self) -> tuple[int, int]:
         if self._explicit_rank is not None:

@@ -15,6 +15,22 @@ import torch
 RECALL_KS = (1, 5, 10)
 
 
+def metric_name(task: str, metric: str, lang: str) -> str:
+    """The flat, namespaced name used in logs: eval/zeroshot_top1/ja, eval/retrieval/t2i_r@1/fr."""
+    if task == "zeroshot":
+        return f"eval/zeroshot_{metric}/{lang}"
+    return f"eval/{task}/{metric}/{lang}"
+
+
+def flatten_task(task: str, per_language: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{lang: {metric: value}} of one task as {flat metric name: value}."""
+    return {
+        metric_name(task, metric, lang): value
+        for lang, metrics in per_language.items()
+        for metric, value in metrics.items()
+    }
+
+
 def positive_ranks(scores: torch.Tensor, positives: Sequence[Sequence[int]]) -> torch.Tensor:
     """Rank of each query's best-scoring correct candidate among the wrong ones: (Q,) int64.
 

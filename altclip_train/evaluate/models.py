@@ -95,7 +95,9 @@ def encoder_of(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             break
         seen = inner
-    raise TypeError(f"{type(model).__name__} has no get_text_features/get_image_features (nor .module/.model that does)")
+    raise TypeError(
+        f"{type(model).__name__} has no get_text_features/get_image_features (nor a .module/.model that has them)"
+    )
 
 
 def feature_tensor(output) -> torch.Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from altclip_train.evaluate.metrics import flatten_task
+
 TASK_TITLES = {"zeroshot": "Zero-shot classification (accuracy, %)", "retrieval": "Image-text retrieval (recall, %)"}
 # The one number per task the chart shows.
 HEADLINE = {"zeroshot": ("top1", "zero-shot top-1 (%)"), "retrieval": ("mean_recall", "retrieval mean recall (%)")}
@@ -17,21 +19,12 @@ MEAN_ROW = "mean"
 Results = dict[str, dict[str, dict[str, dict[str, float]]]]
 
 
-def metric_name(task: str, metric: str, lang: str) -> str:
-    """The flat, namespaced name used in logs: eval/zeroshot_top1/ja, eval/retrieval/t2i_r@1/fr."""
-    if task == "zeroshot":
-        return f"eval/zeroshot_{metric}/{lang}"
-    return f"eval/{task}/{metric}/{lang}"
-
-
 def flatten(results_of_model: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
     """One model's {task: {lang: {metric: v}}} as flat logging names."""
-    return {
-        metric_name(task, metric, lang): value
-        for task, per_lang in results_of_model.items()
-        for lang, metrics in per_lang.items()
-        for metric, value in metrics.items()
-    }
+    flat: dict[str, float] = {}
+    for task, per_language in results_of_model.items():
+        flat.update(flatten_task(task, per_language))
+    return flat
 
 
 def _ordered_union(lists) -> list[str]:

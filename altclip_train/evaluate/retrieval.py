@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from altclip_train.data.images import ClipImageTransform
-from altclip_train.evaluate.metrics import RECALL_KS, retrieval_recalls
+from altclip_train.evaluate.metrics import RECALL_KS, flatten_task, retrieval_recalls
 from altclip_train.evaluate.models import embed_pixels, embed_texts
 from altclip_train.evaluate.sources import ImageItem, PreprocessedImages, open_pairs, stream_pixels
+from altclip_train.evaluate.zeroshot import _tokenizer
 
 
 def language_split(
@@ -118,7 +119,7 @@ class RetrievalEvaluator:
         unique = list(dict.fromkeys(text for _, texts, _ in splits.values() for text in texts))
         text_embeds = embed_texts(
             model,
-            tokenizer or self.tokenizer,
+            _tokenizer(tokenizer, self.tokenizer),
             unique,
             device,
             self.batch_size,
@@ -139,7 +140,7 @@ class RetrievalEvaluator:
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Flat metrics for logging: `eval/retrieval/<metric>/<lang>`, e.g. `eval/retrieval/t2i_r@1/fr`."""
-        return flatten_retrieval(self.evaluate_languages(model, device))
+        return flatten_task("retrieval", self.evaluate_languages(model, device))
 
     def summary(self) -> dict:
         """What was evaluated: images, distinct captions per language, and the pairs/images skipped per reason."""
@@ -154,8 +155,3 @@ class RetrievalEvaluator:
             "skipped": skipped,
         }
 
-
-def flatten_retrieval(per_language: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {
-        f"eval/retrieval/{metric}/{lang}": value for lang, metrics in per_language.items() for metric, value in metrics.items()
-    }

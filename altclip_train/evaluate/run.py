@@ -35,8 +35,7 @@ def _build_evaluators(cfg: DictConfig, transform: ClipImageTransform) -> dict:
     common = dict(
         transform=transform,
         tokenizer=None,  # each model brings its own, passed per call
-        batch_size=cfg.batch_size,
-        max_length=cfg.get("max_length"),
+        batch_size=cfg.get("batch_size", 256),
         num_workers=cfg.get("num_workers", 0),
         cache_images=cfg.get("cache_images", False),
         amp=cfg.get("amp", True),
@@ -45,8 +44,9 @@ def _build_evaluators(cfg: DictConfig, transform: ClipImageTransform) -> dict:
     if _enabled(cfg.get("zeroshot"), "images"):
         section = cfg.zeroshot
         languages = section.get("languages")
+        images = section.images
         evaluators["zeroshot"] = ZeroShotEvaluator(
-            image_source=section.images,
+            image_source=list(images) if OmegaConf.is_list(images) else images,
             classnames_dir=section.classnames_dir,
             templates_dir=section.get("templates_dir"),
             languages=None if languages is None else list(languages),
@@ -64,6 +64,12 @@ def _build_evaluators(cfg: DictConfig, transform: ClipImageTransform) -> dict:
             **common,
         )
     return evaluators
+
+
+def max_length(cfg: DictConfig, model_limit: int) -> int:
+    """The configured text length, never past what the model's position table holds."""
+    configured = cfg.get("max_length")
+    return model_limit if configured is None else min(int(configured), model_limit)
 
 
 def _config_dict(cfg: DictConfig) -> dict:
@@ -98,9 +104,11 @@ def run_eval(cfg: DictConfig) -> dict:
         for task, evaluator in evaluators_by_transform[transforms[name]].items():
             log.info("evaluating %s: %s", name, task)
             results[name][task] = evaluator.evaluate_languages(
-                loaded.model, device, tokenizer=loaded.tokenizer, max_length=cfg.get("max_length") or loaded.max_length
+                loaded.model, device, tokenizer=loaded.tokenizer, max_length=max_length(cfg, loaded.max_length)
             )
             data[task] = evaluator.summary()
+            if data[task]["skipped"]:
+                log.warning("%s: skipped %s", task, data[task]["skipped"])
         model_info[name] = {
             "path": path,
             "model_type": loaded.model_type,

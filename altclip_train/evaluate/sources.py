@@ -27,7 +27,11 @@ from altclip_train.data.webdataset import expand_shard_urls, iter_image_text_rec
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-PAIR_COLUMNS = {"image": ("image", "image_path", "filepath"), "caption": ("caption", "text"), "lang": ("lang", "language")}
+PAIR_COLUMNS = {
+    "image": ("image", "image_path", "filepath"),
+    "caption": ("caption", "text"),
+    "lang": ("lang", "language"),
+}
 
 
 @dataclass

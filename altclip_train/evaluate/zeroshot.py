@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from altclip_train.data.images import ClipImageTransform
-from altclip_train.evaluate.metrics import topk_accuracy
+from altclip_train.evaluate.metrics import flatten_task, topk_accuracy
 from altclip_train.evaluate.models import embed_pixels, embed_texts
 from altclip_train.evaluate.sources import ImageItem, PreprocessedImages, open_labelled_images, stream_pixels
 
@@ -86,7 +86,8 @@ def class_embeddings(
 ) -> dict[str, torch.Tensor]:
     """Per-language (classes, dim) classifier weights; every distinct prompt across languages is embedded once."""
     prompts = {
-        lang: [[fill_template(t, name) for t in templates[lang]] for name in names] for lang, names in class_names.items()
+        lang: [[fill_template(template, name) for template in templates[lang]] for name in names]
+        for lang, names in class_names.items()
     }
     unique = list(dict.fromkeys(p for per_class in prompts.values() for row in per_class for p in row))
     embeds = embed_texts(model, tokenizer, unique, device, batch_size, max_length, amp, desc="class prompts")
@@ -96,6 +97,13 @@ def class_embeddings(
         index = torch.tensor([[row_of[p] for p in row] for row in per_class])
         weights[lang] = ensemble_class_embeddings(embeds[index])
     return weights
+
+
+def _tokenizer(override, default):
+    tokenizer = override if override is not None else default
+    if tokenizer is None:
+        raise ValueError("no tokenizer: pass one to the evaluator or to evaluate_languages")
+    return tokenizer
 
 
 class ZeroShotEvaluator:
@@ -127,7 +135,11 @@ class ZeroShotEvaluator:
             if not languages:
                 raise FileNotFoundError(f"no <lang>.txt class-name files in {classnames_dir}")
         self.languages = list(languages)
-        self.class_names = {lang: read_class_names(classnames_dir, lang, self.source.num_classes) for lang in self.languages}
+        if not self.languages:
+            raise ValueError("zero-shot evaluation needs at least one language")
+        self.class_names = {
+            lang: read_class_names(classnames_dir, lang, self.source.num_classes) for lang in self.languages
+        }
         counts = {lang: len(names) for lang, names in self.class_names.items()}
         if len(set(counts.values())) > 1:
             raise ValueError(f"class-name files in {classnames_dir} disagree on the number of classes: {counts}")
@@ -167,7 +179,7 @@ class ZeroShotEvaluator:
         image_embeds, labels = self._image_embeddings(model, device)
         weights = class_embeddings(
             model,
-            tokenizer or self.tokenizer,
+            _tokenizer(tokenizer, self.tokenizer),
             self.class_names,
             self.templates,
             device,
@@ -183,7 +195,7 @@ class ZeroShotEvaluator:
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Flat metrics for logging: `eval/zeroshot_top1/<lang>`, `eval/zeroshot_top5/<lang>`."""
-        return flatten_zeroshot(self.evaluate_languages(model, device))
+        return flatten_task("zeroshot", self.evaluate_languages(model, device))
 
     def summary(self) -> dict:
         """What was evaluated: image and class counts, and the images skipped per reason in the last pass."""
@@ -195,6 +207,3 @@ class ZeroShotEvaluator:
             "skipped": dict(self.images.skipped),
         }
 
-
-def flatten_zeroshot(per_language: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {f"eval/zeroshot_{metric}/{lang}": value for lang, metrics in per_language.items() for metric, value in metrics.items()}
