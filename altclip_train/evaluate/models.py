@@ -83,6 +83,14 @@ def text_max_length(model: nn.Module, tokenizer) -> int:
     return int(limit)
 
 
+def resolve_tokenizer(override, default):
+    """The per-call tokenizer if given, else the evaluator's own; one of them must exist."""
+    tokenizer = override if override is not None else default
+    if tokenizer is None:
+        raise ValueError("no tokenizer: pass one to the evaluator or to evaluate_languages")
+    return tokenizer
+
+
 def encoder_of(model: nn.Module) -> nn.Module:
     """The module that owns get_text_features/get_image_features, looking through DDP and Task wrappers."""
     seen = model

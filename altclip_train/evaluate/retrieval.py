@@ -19,9 +19,8 @@ from torch import nn
 
 from altclip_train.data.images import ClipImageTransform
 from altclip_train.evaluate.metrics import RECALL_KS, flatten_task, retrieval_recalls
-from altclip_train.evaluate.models import embed_pixels, embed_texts
+from altclip_train.evaluate.models import embed_pixels, embed_texts, resolve_tokenizer
 from altclip_train.evaluate.sources import ImageItem, PreprocessedImages, open_pairs, stream_pixels
-from altclip_train.evaluate.zeroshot import _tokenizer
 
 
 def language_split(
@@ -119,7 +118,7 @@ class RetrievalEvaluator:
         unique = list(dict.fromkeys(text for _, texts, _ in splits.values() for text in texts))
         text_embeds = embed_texts(
             model,
-            _tokenizer(tokenizer, self.tokenizer),
+            resolve_tokenizer(tokenizer, self.tokenizer),
             unique,
             device,
             self.batch_size,

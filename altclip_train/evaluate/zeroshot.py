@@ -19,7 +19,7 @@ from torch import nn
 
 from altclip_train.data.images import ClipImageTransform
 from altclip_train.evaluate.metrics import flatten_task, topk_accuracy
-from altclip_train.evaluate.models import embed_pixels, embed_texts
+from altclip_train.evaluate.models import embed_pixels, embed_texts, resolve_tokenizer
 from altclip_train.evaluate.sources import ImageItem, PreprocessedImages, open_labelled_images, stream_pixels
 
 TOPK = (1, 5)
@@ -99,13 +99,6 @@ def class_embeddings(
     return weights
 
 
-def _tokenizer(override, default):
-    tokenizer = override if override is not None else default
-    if tokenizer is None:
-        raise ValueError("no tokenizer: pass one to the evaluator or to evaluate_languages")
-    return tokenizer
-
-
 class ZeroShotEvaluator:
     """Zero-shot top-1/top-5 accuracy per language for any model with get_text_features/get_image_features.
 
@@ -179,7 +172,7 @@ class ZeroShotEvaluator:
         image_embeds, labels = self._image_embeddings(model, device)
         weights = class_embeddings(
             model,
-            _tokenizer(tokenizer, self.tokenizer),
+            resolve_tokenizer(tokenizer, self.tokenizer),
             self.class_names,
             self.templates,
             device,
