@@ -43,8 +43,11 @@ def build_accelerator(cfg: DictConfig):
     # there is a group to make, since a single process must not try to initialise one.
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and distributed else []
+    # Accelerate drops a DeepSpeed launch config when cpu=True; on CPU DeepSpeed runs through its
+    # own CPU accelerator (DS_ACCELERATOR=cpu) instead, so only plain runs take the cpu flag.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(
-        cpu=on_cpu,
+        cpu=on_cpu and not deepspeed,
         mixed_precision=None if on_cpu else trainer.mixed_precision,
         gradient_accumulation_steps=trainer.grad_accum_steps,
         log_with=list(cfg.logger.trackers) or None,
@@ -64,8 +67,8 @@ def configure_deepspeed(accelerator, cfg: DictConfig) -> None:
     ds["train_batch_size"] = cfg.data.batch_size
     ds["gradient_accumulation_steps"] = accum
     ds["gradient_clipping"] = cfg.optim.grad_clip or 0.0
-    if not torch.cuda.is_available():
-        ds.setdefault("optimizer", {})  # DeepSpeed's fused Adam needs CUDA; torch's AdamW works anywhere
+    # Our torch AdamW is handed to DeepSpeed as a client optimizer (an "optimizer" section here
+    # would clash with it), so no fused CUDA Adam is needed and CPU runs work as they are.
     ds["zero_allow_untested_optimizer"] = True
 
 

@@ -250,6 +250,8 @@ def test_missing_and_empty_rows_in_pairs_table_are_counted(tmp_path):
         ("cat", [("en", "a cat"), ("fr", "un chat")]),
         ("car", [("zh", "a car")]),
     ]
+    with pytest.raises(ValueError, match=r"pairs\.csv has no usable captions in language\(s\) \['ja'\]"):
+        RetrievalEvaluator(table, ["en", "ja"], TRANSFORM, tokenizer=None)
     (tmp_path / "bad.csv").write_text("path,caption\nx.png,a\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.csv: no image column"):
         PairTable(tmp_path / "bad.csv")

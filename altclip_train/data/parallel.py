@@ -242,7 +242,7 @@ class ParallelTextData:
             corpus_of_row += [index] * len(corpus.source)
 
         unique_sources, source_index = np.unique(np.asarray(sources, dtype=object), return_inverse=True)
-        unique_sources = unique_sources.tolist()
+        self.unique_sources = unique_sources = unique_sources.tolist()
         student_ids = self._tokenize(tokenizer, unique_sources, self.student_max_length, "student (English)")
         target_ids = self._tokenize(tokenizer, targets, self.student_max_length, "student (translations)")
         teacher_embeds, teacher_tokens, teacher_pad = None, None, 0
@@ -287,6 +287,10 @@ class ParallelTextData:
                                   show_progress=accelerator.is_local_main_process)
 
         return cache.load_or_build(compute, accelerator)
+
+    def rows_source_texts(self) -> list[str]:
+        """The distinct English sentences, in the order of the teacher-target rows."""
+        return self.unique_sources
 
     # ---------------------------------------------------------------- batches
     def num_train_batches(self, epoch: int = 0) -> int:

@@ -279,7 +279,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 def digit_to_image(pixels: np.ndarray, image_size: int) -> Image.Image:
     """An 8x8 array of grey levels 0..16 -> an RGB image, upsampled bicubically (white ink on black)."""
     grey = np.clip(np.rint(pixels.astype(np.float64) * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    image = Image.fromarray(grey, mode="L")
+    image = Image.fromarray(grey)  # 2-D uint8 -> mode "L"
     return image.resize((image_size, image_size), Image.Resampling.BICUBIC).convert("RGB")
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from altclip_train.data.images import ClipImageTransform
 from altclip_train.evaluate.metrics import RECALL_KS, flatten_task, retrieval_recalls
 from altclip_train.evaluate.models import embed_pixels, embed_texts, resolve_tokenizer
-from altclip_train.evaluate.sources import ImageItem, PreprocessedImages, open_pairs, stream_pixels
+from altclip_train.evaluate.sources import ImageItem, PairTable, PreprocessedImages, open_pairs, stream_pixels
 
 
 def language_split(
@@ -67,6 +67,12 @@ class RetrievalEvaluator:
     ):
         self.source = open_pairs(pairs, image_root=image_root, default_lang=default_lang)
         self.languages = list(languages) if languages is not None else None
+        if self.languages is not None and isinstance(self.source, PairTable):
+            # A table is read up front, so a language without captions fails here rather than at the first call.
+            found = {lang for captions in self.source.images.values() for lang, _ in captions}
+            missing = [lang for lang in self.languages if lang not in found]
+            if missing:
+                raise ValueError(f"{self.source.path} has no usable captions in language(s) {missing}")
         self.images = PreprocessedImages(self.source, transform, batch_size, num_workers, cache=cache_images)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
