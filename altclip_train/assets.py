@@ -1,6 +1,8 @@
 """Bundled offline assets for `experiment=tiny`: tiny models and the demo corpus, built on first use.
 
-Configs refer to them as `${tiny_asset:teacher}`, `${tiny_asset:student}`, `${tiny_asset:data}`.
+Configs refer to them as `${tiny_asset:teacher}`, `${tiny_asset:student}`, `${tiny_asset:data}` (the
+demo's digits, captions and parallel corpus) and `${tiny_asset:shards}` (its multilingual pairs as
+WebDataset shards).
 They are written once under `$ALTCLIP_CACHE_DIR/tiny-v1/` (default `~/.cache/altclip_train`),
 atomically and under a file lock, so concurrent ranks or runs never see half-built files.
 """
@@ -13,7 +15,7 @@ import shutil
 from pathlib import Path
 
 ASSET_VERSION = "tiny-v1"
-NAMES = ("teacher", "student", "data")
+NAMES = ("teacher", "student", "data", "shards")
 
 
 def cache_root() -> Path:
@@ -35,6 +37,7 @@ def tiny_asset(name: str) -> str:
 
 
 def _build(root: Path) -> None:
+    from altclip_train.data.prepare_wds import prepare_wds
     from altclip_train.demo.build_data import build_demo_data
     from altclip_train.models.tiny import build_tiny_clip, build_tiny_xlmr
 
@@ -43,6 +46,7 @@ def _build(root: Path) -> None:
     demo = build_demo_data(staging / "data")
     build_tiny_clip(staging / "teacher", demo.all_texts("en"))
     build_tiny_xlmr(staging / "student", demo.all_texts())
+    prepare_wds(demo.multilingual_pairs, staging / "shards", image_root=demo.root, shard_size=400)
     (staging / "COMPLETE").write_text("ok\n")
     shutil.rmtree(root, ignore_errors=True)
     os.replace(staging, root)

@@ -37,6 +37,10 @@ def read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
     return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
 
 
+def held_out_captions(entry) -> list[str]:
+    return [entry.eval_caption(t, d) for t in range(len(entry.eval_templates)) for d in range(10)]
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
@@ -75,7 +79,7 @@ def test_captions_yaml_has_nine_languages_ten_words_and_aligned_held_out_templat
     for lang, entry in captions.items():
         # every digit yields a different caption from every template, and no eval caption is a train caption
         train = {entry.train_caption(t, d) for t in range(len(entry.train_templates)) for d in range(10)}
-        held_out = {entry.eval_caption(t, d) for t in range(len(entry.eval_templates)) for d in range(10)}
+        held_out = set(held_out_captions(entry))
         assert len(train) == 10 * len(entry.train_templates) and len(held_out) == 10 * len(entry.eval_templates)
         assert not train & held_out, lang
 
@@ -171,10 +175,7 @@ def test_caption_tables_use_only_train_images_with_the_right_counts(demo):
     assert {row["image"] for row in multilingual} == train_files
     assert len(multilingual) == len(LANGUAGES) * len(train_files)
     assert Counter(row["lang"] for row in multilingual) == {lang: len(train_files) for lang in LANGUAGES}
-    eval_captions = {
-        captions.eval_caption(t, d)
-        for captions in load_captions().values() for t in range(len(captions.eval_templates)) for d in range(10)
-    }
+    eval_captions = {caption for entry in load_captions().values() for caption in held_out_captions(entry)}
     assert not {row["caption"] for row in teacher + multilingual} & eval_captions
 
 
@@ -214,7 +215,7 @@ def test_tokenizer_texts_split_by_language_and_cover_the_eval_characters(demo):
         texts = demo.all_texts(lang)
         assert captions[lang].train_caption(5, 9) in texts and len(texts) == len(set(texts))
         # held-out templates stay out of the tokenizer corpus, yet none of their characters is unknown to it
-        held_out = [captions[lang].eval_caption(t, d) for t in range(len(captions[lang].eval_templates)) for d in range(10)]
+        held_out = held_out_captions(captions[lang])
         assert not set(held_out) & set(texts)
         assert set("".join(held_out)) <= set("".join(texts)), lang
     with pytest.raises(ValueError, match="unknown language 'de'"):
@@ -227,7 +228,8 @@ def test_same_seed_gives_identical_bytes_and_a_rebuild_leaves_no_stale_files(dem
     assert tree_bytes(other) != tree_bytes(demo.root)  # another seed, another split
 
     # rebuilding in place through the CLI must replace the seed-1 split, not add to it
-    assert main([str(other), "--image-size", str(IMAGE_SIZE), "--test-fraction", str(TEST_FRACTION), "--seed", "0"]) == 0
+    argv = [str(other), "--image-size", str(IMAGE_SIZE), "--test-fraction", str(TEST_FRACTION), "--seed", "0"]
+    assert main(argv) == 0
     assert "1438 train, 359 test" in capsys.readouterr().out
     assert tree_bytes(other) == tree_bytes(demo.root)
     assert DemoData.from_dir(other).read_manifest()["seed"] == 0

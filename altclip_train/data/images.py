@@ -44,9 +44,9 @@ class ClipImageTransform:
     @classmethod
     def from_processor(cls, processor) -> "ClipImageTransform":
         size = processor.size
-        resize = size.get("shortest_edge") or size.get("height")
+        resize = (size.get("shortest_edge") or size.get("height")) if hasattr(size, "get") else size
         crop = processor.crop_size
-        crop = crop.get("height") if isinstance(crop, dict) else crop
+        crop = crop.get("height") if hasattr(crop, "get") else crop  # dict, or transformers 5's SizeDict
         return cls(resize=int(resize), crop=int(crop), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
 
     def to_processor(self):

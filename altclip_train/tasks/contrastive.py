@@ -20,10 +20,13 @@ from altclip_train.tasks.distill import strip_prefix
 
 
 class ContrastiveTask(Task):
-    def __init__(self, model: nn.Module, tokenizer: str, image_processor: str, freeze: Iterable[str] = (),
-                 loss: str = "clip", loss_options: dict | None = None, evaluator=None):
+    def __init__(self, model: nn.Module, tokenizer: str, image_processor: str, image_model: str | None = None,
+                 freeze: Iterable[str] = (), loss: str = "clip", loss_options: dict | None = None, evaluator=None):
+        """`image_model` names the checkpoint the frozen image side came from; the data module's
+        image-embedding cache is keyed on it, and export records nothing else from it."""
         super().__init__()
         self.model = model
+        self.image_model_source = image_model
         self.tokenizer_source = tokenizer
         self.image_processor_source = image_processor
         # DeepSpeed ZeRO broadcasts parameters through a byte view that fails on 0-dim tensors, so
