@@ -93,6 +93,36 @@ def load_checkpoint(accelerator, path: Path) -> TrainState:
     return state
 
 
+def full_state_dict(accelerator, model) -> dict:
+    """The whole model's weights for export, unsharded and in full precision. Collective.
+
+    Plain runs take Accelerate's state dict. Under DeepSpeed the module may hold bf16 copies
+    (and, with ZeRO-3, only this rank's shard), so trained weights come from the optimizer's fp32
+    masters and frozen ones are gathered as they are; export then matches a one-process run.
+    """
+    if accelerator.state.deepspeed_plugin is None:
+        return accelerator.get_state_dict(model)
+    import torch
+    from deepspeed import zero
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = accelerator.unwrap_model(model)
+    params = dict(module.named_parameters(remove_duplicate=False))
+    state = {}
+    for name, value in module.state_dict().items():
+        param = params.get(name)
+        if param is None:
+            state[name] = value.detach().cpu().clone()  # buffers are never partitioned
+            continue
+        # Every rank walks the same names in the same order: both calls below are collectives.
+        full = safe_get_full_fp32_param(param) if param.requires_grad else None
+        if full is None:
+            with zero.GatheredParameters([param], modifier_rank=None):  # a no-op below ZeRO-3
+                full = param.detach().to(torch.float32).clone()
+        state[name] = full.detach().cpu()
+    return state
+
+
 def _prune(run_dir, keep_last: int | None) -> None:
     if not keep_last:
         return

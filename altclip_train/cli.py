@@ -47,8 +47,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("tiny_asset", tiny_asset)
 
 
-def search_path_override(command: str) -> str:
-    return f"hydra.searchpath=[file://{CONFIG_DIR / 'phases' / command}]"
+def search_path_overrides(command: str) -> list[str]:
+    phase_dir = CONFIG_DIR / "phases" / command
+    return [f"hydra.searchpath=[file://{phase_dir}]"] if phase_dir.is_dir() else []
 
 
 def compose_config(command: str, overrides: list[str] | tuple[str, ...] = ()):
@@ -57,7 +58,7 @@ def compose_config(command: str, overrides: list[str] | tuple[str, ...] = ()):
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=command, overrides=[*overrides, search_path_override(command)])
+        return compose(config_name=command, overrides=[*overrides, *search_path_overrides(command)])
 
 
 def command_function(command: str) -> Callable:
@@ -79,17 +80,19 @@ def run_hydra_command(command: str, overrides: list[str]) -> None:
     def app(cfg) -> None:
         report_user_errors(function, cfg)
 
-    sys.argv = [f"altclip-train {command}", *overrides, search_path_override(command)]
+    sys.argv = [f"altclip-train {command}", *overrides, *search_path_overrides(command)]
     hydra.main(config_path=str(CONFIG_DIR), config_name=command, version_base="1.3")(app)()
 
 
 def report_user_errors(function: Callable, *args):
     """Bad input (missing file, unknown column, broken data) ends with one line, not a traceback."""
+    from omegaconf.errors import ValidationError
+
     from altclip_train.models.student import NotAStudentCheckpoint
 
     try:
         return function(*args)
-    except (UserError, FileNotFoundError, NotAStudentCheckpoint, ValueError) as error:
+    except (UserError, FileNotFoundError, NotAStudentCheckpoint, ValueError, ValidationError) as error:
         if os.environ.get("ALTCLIP_DEBUG"):
             raise
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

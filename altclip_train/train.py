@@ -26,7 +26,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from altclip_train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from altclip_train.config_schema import validate
+from altclip_train.checkpoint import TrainState, full_state_dict, load_checkpoint, resolve_resume, save_checkpoint
 from altclip_train.tracking import MetricsLog, flat_config, tracker_init_kwargs
 
 log = logging.getLogger("altclip_train")
@@ -70,6 +71,13 @@ def configure_deepspeed(accelerator, cfg: DictConfig) -> None:
     # Our torch AdamW is handed to DeepSpeed as a client optimizer (an "optimizer" section here
     # would clash with it), so no fused CUDA Adam is needed and CPU runs work as they are.
     ds["zero_allow_untested_optimizer"] = True
+    # Tasks and caches build whole models (they copy weights between towers) and `prepare` partitions
+    # them afterwards. Accelerate registers ZeRO-3 with transformers even with zero3_init_flag off,
+    # which would make every later from_pretrained return empty shards, so take that back.
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    accelerator.state.deepspeed_plugin.zero3_init_flag = False
+    unset_hf_deepspeed_config()
 
 
 def build_optimizer(task, optim: DictConfig) -> torch.optim.Optimizer:
@@ -121,6 +129,7 @@ class PreemptionFlag:
 # --------------------------------------------------------------------------- the loop
 def train(cfg: DictConfig) -> Path:
     """Run one training job described by `cfg`; returns the exported model dir (run_dir/final)."""
+    validate(cfg)
     run_dir = Path(cfg.run_dir)
     accelerator = build_accelerator(cfg)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
@@ -240,7 +249,7 @@ def train(cfg: DictConfig) -> Path:
     final_metrics = evaluate()
     if cfg.trainer.save_every and state.step % cfg.trainer.save_every:
         checkpoint()
-    full_state = accelerator.get_state_dict(task)
+    full_state = full_state_dict(accelerator, task)
     final_dir = run_dir / "final"
     if accelerator.is_main_process:
         core.export(final_dir, full_state)

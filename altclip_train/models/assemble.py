@@ -55,3 +55,20 @@ def load_pretrained(name_or_path: str, trust_remote_code: bool = False):
     if model_type not in classes:
         raise ValueError(f"{name_or_path} is a '{model_type}' model; expected a CLIP or AltCLIP checkpoint")
     return classes[model_type].from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+
+
+def build_processor(model_type: str, tokenizer: str, image_processor: str):
+    """AltCLIPProcessor (XLM-R tokenizer + CLIP image processor) or CLIPProcessor."""
+    from transformers import AltCLIPProcessor, AutoTokenizer, CLIPImageProcessor, CLIPProcessor
+
+    processor_class = AltCLIPProcessor if model_type == "altclip" else CLIPProcessor
+    return processor_class(image_processor=CLIPImageProcessor.from_pretrained(image_processor),
+                           tokenizer=AutoTokenizer.from_pretrained(tokenizer))
+
+
+def save_assembled_altclip(teacher: str, student: str, output_dir: str | Path) -> Path:
+    """Phase 1 + its teacher as a loadable AltCLIPModel dir (what phase 2 starts from), for evaluation."""
+    output_dir = Path(output_dir)
+    assemble_altclip(teacher, student).save_pretrained(output_dir, safe_serialization=True)
+    build_processor("altclip", tokenizer=student, image_processor=teacher).save_pretrained(output_dir)
+    return output_dir

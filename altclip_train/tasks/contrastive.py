@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from altclip_train.losses import build_contrastive_loss
+from altclip_train.models.assemble import build_processor
 from altclip_train.tasks.base import Task
 from altclip_train.tasks.distill import strip_prefix
 
@@ -89,11 +90,3 @@ class ContrastiveTask(Task):
         build_processor(model.config.model_type, self.tokenizer_source, self.image_processor_source).save_pretrained(output_dir)
         return output_dir
 
-
-def build_processor(model_type: str, tokenizer: str, image_processor: str):
-    """AltCLIPProcessor (XLM-R tokenizer + CLIP image processor) or CLIPProcessor."""
-    from transformers import AltCLIPProcessor, AutoTokenizer, CLIPImageProcessor, CLIPProcessor
-
-    processor_class = AltCLIPProcessor if model_type == "altclip" else CLIPProcessor
-    return processor_class(image_processor=CLIPImageProcessor.from_pretrained(image_processor),
-                           tokenizer=AutoTokenizer.from_pretrained(tokenizer))

@@ -99,6 +99,8 @@ class DistillTask(Task):
         output_dir = Path(output_dir)
         model = self.model
         if state_dict is not None:
+            # A fresh fp32 model: under DeepSpeed the trained one may be bf16 or a ZeRO-3 shard.
+            model = type(self.model)(self.model.config)
             model.load_state_dict(strip_prefix(state_dict, "model."))
         model.save_pretrained(output_dir, safe_serialization=True)
         AutoTokenizer.from_pretrained(self.student_tokenizer).save_pretrained(output_dir)
