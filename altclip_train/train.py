@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from altclip_train.config_schema import validate
+from altclip_train.distributed import apply_scheduler_env
 from altclip_train.checkpoint import TrainState, full_state_dict, load_checkpoint, resolve_resume, save_checkpoint
 from altclip_train.tracking import MetricsLog, flat_config, tracker_init_kwargs
 
@@ -38,6 +39,7 @@ def build_accelerator(cfg: DictConfig):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
+    apply_scheduler_env()  # a job started one task per GPU by SLURM/submitit has no RANK etc. yet
     trainer = cfg.trainer
     on_cpu = trainer.cpu if trainer.cpu != "auto" else not torch.cuda.is_available()
     # gloo is the process group that works on CPU (plain DDP and DeepSpeed); only set it when
@@ -108,12 +110,14 @@ def to_device(batch: dict, device) -> dict:
 
 
 class PreemptionFlag:
-    """Set by SIGTERM/SIGUSR1 (SLURM preemption or time limit); acted on at the next step boundary."""
+    """Set by SIGTERM/SIGUSR1 (SLURM preemption or time limit) or SIGUSR2 (submitit's time-limit
+    signal); acted on at the next step boundary."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
         self.signum = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, _frame):
         self.signum = signum
@@ -123,7 +127,16 @@ class PreemptionFlag:
         if accelerator.num_processes == 1:
             return self.signum
         flag = torch.tensor([self.signum or 0], device=accelerator.device)
-        return int(accelerator.reduce(flag, reduction="sum").item()) or None
+        return int(accelerator.gather(flag).max().item()) or None  # max: every rank may have it
+
+    def restore(self, hand_over: int | None = None) -> None:
+        """Put back the handlers found at start; with `hand_over`, pass that signal on to the one
+        that was there (under submitit it requeues the job, now that the checkpoint is safe)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        handler = self.previous.get(hand_over)
+        if callable(handler):
+            handler(hand_over, None)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -237,6 +250,7 @@ def train(cfg: DictConfig) -> Path:
                     log.warning("signal %d received: saving at step %d and exiting for requeue", signum, state.step)
                     checkpoint()
                     accelerator.end_training()
+                    preemption.restore(hand_over=signum)
                     sys.exit(128 + signum)
             if state.step >= total_steps:
                 break
@@ -259,6 +273,7 @@ def train(cfg: DictConfig) -> Path:
         log.info("model written to %s", final_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    preemption.restore()
     train.last_metrics = final_metrics
     return final_dir
 

@@ -323,3 +323,47 @@ def test_corrupt_images_are_skipped_and_counted(tiny_teacher, tmp_path, pair_of_
         assert all("skipped" not in b for b in batches)
     else:
         assert sum((Counter(b["skipped"]) for b in batches), Counter()) == Counter(corrupt_image=1)
+
+
+# --------------------------------------------------------------------------------------- real ranks
+def _two_rank_worker(rank: int, port: int, shards: str, model_dir: str, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    data = make_data(model_dir, shards, val_shards=shards, eval_batch_size=8)
+    data.setup(accelerator)  # both ranks embed half of the images; rank 0 assembles the entry
+    batches = list(data.train_batches(0)) + list(data.val_batches())
+    tokens = [[tuple(ids[mask.bool()].tolist()) for ids, mask in zip(b["input_ids"], b["attention_mask"])]
+              for b in batches]
+    torch.save({"tokens": tokens, "embeds": [b["image_embeds"] for b in batches]},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_two_real_ranks_build_one_cache_and_split_every_epoch(tiny_teacher, shards, tmp_path, pair_of_tokens):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_two_rank_worker, args=(port, shards, str(tiny_teacher), str(tmp_path)), nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+    train = [[pair_of_tokens[ids] for b in r["tokens"][:2] for ids in b] for r in results]
+    val = [[pair_of_tokens[ids] for ids in r["tokens"][2]] for r in results]
+    assert sorted(i for rank in train for i, _ in rank) == list(range(NUM_IMAGES))
+    assert [i for rank in val for i, _ in rank] == list(range(NUM_IMAGES))
+
+    single = build_image_cache(shards, str(tiny_teacher), cache_dir=tmp_path / "single", num_workers=0)
+    cache_root = tmp_path / "shards" / ".altclip_cache" / "image_embeds"
+    assert [p.name for p in cache_root.iterdir()] == [single.entry.name]  # same key; no parts left behind
+    for rank, result in enumerate(results):
+        rows = [i for i, _ in train[rank][:2]]
+        torch.testing.assert_close(result["embeds"][0].float(), torch.from_numpy(single.embeddings[rows]).float(),
+                                   rtol=1e-3, atol=1e-3)
