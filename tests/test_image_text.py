@@ -123,7 +123,8 @@ def setup_ranks(tiny_teacher, shards, world: int, accum: int = 1, **overrides) -
 
 @pytest.fixture
 def simulated_collectives(monkeypatch):
-    """Ranks run one after another here; rank 0 has already found the cache entry complete."""
+    """Ranks set up one after another here, so they cannot build a cache together: each test fills the
+    cache with one process first, and the collective then reports what rank 0 sees: a complete entry."""
     monkeypatch.setattr(embedding_cache, "_broadcast_flag", lambda flag, accelerator: True)
 
 
@@ -285,9 +286,9 @@ def test_too_few_shards_for_ranks_and_workers_is_an_error_up_front(tiny_teacher,
 
 def test_validation_shares_are_equal_and_cover_each_pair_once(tiny_teacher, shards, pair_dir, pair_of_tokens,
                                                               simulated_collectives):
-    build_image_cache(shards, str(tiny_teacher), batch_size=8, num_workers=0)
     transform = ClipImageTransform.from_pretrained(str(tiny_teacher))
     for cached in (True, False):
+        make_data(tiny_teacher, shards, image_cache=cached, val_shards=shards).setup(FakeAccelerator())
         ranks = setup_ranks(tiny_teacher, shards, world=2, image_cache=cached, val_shards=shards, eval_batch_size=6)
         shares = [list(data.val_batches()) for data in ranks]
         # 8 pairs, batches of 6: one batch of 3 per rank (a contrastive loss needs equal batches; 2 left out)

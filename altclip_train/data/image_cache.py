@@ -37,10 +37,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from altclip_train.data import embedding_cache
 from altclip_train.data.embedding_cache import EmbeddingCache, file_sha256, hash_strings
 from altclip_train.data.images import BadImageError, ClipImageTransform, decode_image
 from altclip_train.data.webdataset import _is_remote, expand_shard_urls, iter_image_text_records, normalize_lang
@@ -50,6 +53,7 @@ log = logging.getLogger(__name__)
 # Bumped whenever the index layout or the meaning of a cached image vector changes.
 INDEX_VERSION = "image-text-index-v1"
 EMBEDDING_TARGET = "clip-image-projected-v1"
+INDEX_SCHEMA = pa.schema([("key", pa.string()), ("langs", pa.list_(pa.string())), ("texts", pa.list_(pa.string()))])
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CORRUPT_WARNINGS = 20
 
@@ -103,8 +107,6 @@ class ShardIndex:
     @property
     def table(self):
         if self._table is None:
-            import pyarrow as pa
-
             self._table = pa.ipc.open_file(pa.memory_map(str(self.dir / self.FILE))).read_all()
         return self._table
 
@@ -134,17 +136,12 @@ class ShardIndex:
 
     def captions(self, rows: Sequence[int]) -> list[list[tuple[str, str]]]:
         """All (lang, text) captions of each row, in stored order."""
-        import pyarrow as pa
-
         taken = self.table.take(pa.array(np.asarray(rows, dtype=np.int64)))
         return [list(zip(langs, texts)) for langs, texts in
                 zip(taken.column("langs").to_pylist(), taken.column("texts").to_pylist())]
 
     def usable_caption_counts(self, languages: set[str] | None) -> np.ndarray:
         """Per row, how many of its captions are in `languages` (all of them when None)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         langs = self.table.column("langs")
         if languages is None:
             return pc.list_value_length(langs).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -184,66 +181,107 @@ class ShardIndex:
 
     @classmethod
     def build(cls, urls: Sequence[str], directory: Path, key: str, description: dict,
-              verify_images: bool = False, show_progress: bool = True) -> "ShardIndex":
-        """Scan the shards once (reading, not decoding, unless `verify_images`) and write the index atomically."""
-        import pyarrow as pa
+              verify_images: bool = False, accelerator=None) -> "ShardIndex":
+        """Scan the shards once (reading, not decoding, unless `verify_images`) and write the index atomically.
 
-        schema = pa.schema([("key", pa.string()), ("langs", pa.list_(pa.string())), ("texts", pa.list_(pa.string()))])
+        With several processes each rank scans a contiguous share of the shards and rank 0 joins the parts.
+        """
+        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=directory.parent))
-        skipped: Counter = Counter()
-        shard_rows, keys_digest, num_captions = [], hashlib.sha256(), 0
-        try:
-            with pa.OSFile(str(staging / cls.FILE), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-                for url in tqdm(urls, desc="indexing shards", unit="shard", disable=not show_progress):
-                    keys, langs, texts = [], [], []
-                    for record in iter_image_text_records([url], decode=verify_images,
-                                                          default_lang=description["default_lang"],
-                                                          skip_counts=skipped):
-                        keys.append(record["key"])
-                        langs.append([lang for lang, _ in record["captions"]])
-                        texts.append([text for _, text in record["captions"]])
-                    writer.write_batch(pa.record_batch([keys, langs, texts], schema=schema))
-                    shard_rows.append(len(keys))
-                    num_captions += sum(map(len, texts))
-                    keys_digest.update(hash_strings(keys).encode())
-            meta = {"key": key, "num_rows": sum(shard_rows), "num_captions": num_captions, "shard_rows": shard_rows,
-                    "keys_hash": keys_digest.hexdigest(), "skipped": dict(sorted(skipped.items())),
-                    "sha256": file_sha256(staging / cls.FILE), **description}
-            (staging / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-            if directory.exists():  # another writer finished first; identical by construction
-                shutil.rmtree(staging)
-            else:
-                os.replace(staging, directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        index = cls(directory)
-        log.info("indexed %d images (%d captions) in %d shards into %s%s", index.num_rows, num_captions, len(urls),
-                 directory, f"; skipped: {dict(skipped)}" if skipped else "")
+        parts_dir = directory.parent / f".{key}.parts"
+        parts_dir.mkdir(exist_ok=True)
+        bounds = np.linspace(0, len(urls), world + 1).astype(int)
+        _scan_shards(urls[bounds[rank]:bounds[rank + 1]], parts_dir / f"rank{rank:05d}", description["default_lang"],
+                     verify_images, show_progress=getattr(accelerator, "is_local_main_process", True))
+        if world > 1:
+            accelerator.wait_for_everyone()
+        if rank == 0:
+            _join_parts([parts_dir / f"rank{r:05d}" for r in range(world)], directory, key, description)
+            shutil.rmtree(parts_dir, ignore_errors=True)
+        if world > 1:
+            accelerator.wait_for_everyone()
+        index = cls.load(directory, key)
+        if index is None:
+            raise FileNotFoundError(f"rank {rank} cannot see the image-text index {directory} that rank 0 wrote; "
+                                    f"put data.cache_dir on a filesystem every node shares")
+        if rank == 0:
+            skipped = index.skipped
+            log.info("indexed %d images (%d captions) in %d shards into %s%s", index.num_rows,
+                     index.meta["num_captions"], len(urls), directory, f"; skipped: {dict(skipped)}" if skipped else "")
         return index
 
     @classmethod
     def load_or_build(cls, urls: Sequence[str], cache_dir: str | Path, default_lang: str = "en",
                       verify_images: bool = False, accelerator=None) -> "ShardIndex":
-        """The index of `urls`, built by rank 0 on first use; every rank then reads the same files."""
+        """The index of `urls`, scanned on first use; every rank then reads the same files."""
         default_lang = normalize_lang(default_lang) or "en"
         key, description = cls.describe(urls, default_lang, verify_images)
         directory = Path(cache_dir).expanduser() / "image_index" / key
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-        if any(entry[1] is None for entry in description["shards"]):
-            log.warning("remote shards are identified by url only: rewrite one and its cached index goes stale")
-        index = None
-        if rank == 0:
-            index = cls.load(directory, key) or cls.build(urls, directory, key, description, verify_images,
-                                                          show_progress=True)
+        index = cls.load(directory, key) if rank == 0 else None
+        complete = index is not None
         if world > 1:
-            accelerator.wait_for_everyone()
-        if index is None:
-            index = cls.load(directory, key)
+            # All ranks must take the same branch: they meet in the barriers of build().
+            complete = embedding_cache._broadcast_flag(complete, accelerator)
+        if complete:
+            if world > 1:
+                accelerator.wait_for_everyone()
+            index = index or cls.load(directory, key)
             if index is None:
-                raise FileNotFoundError(f"rank {rank} cannot see the image-text index {directory} that rank 0 wrote; "
-                                        f"put data.cache_dir on a filesystem every node shares")
-        return index
+                raise FileNotFoundError(f"rank {rank} cannot see the image-text index {directory} that rank 0 "
+                                        f"found; put data.cache_dir on a filesystem every node shares")
+            return index
+        if rank == 0 and any(entry[1] is None for entry in description["shards"]):
+            log.warning("remote shards are identified by url only: rewrite one and its cached index goes stale")
+        return cls.build(urls, directory, key, description, verify_images, accelerator)
+
+
+def _scan_shards(urls: Sequence[str], part: Path, default_lang: str, verify_images: bool,
+                 show_progress: bool) -> None:
+    """Write `part.arrow` (one record batch per shard) and `part.json` (row counts, key hashes, skips)."""
+    skipped: Counter = Counter()
+    shard_rows, key_hashes, num_captions = [], [], 0
+    with pa.OSFile(f"{part}.arrow", "wb") as sink, pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
+        for url in tqdm(urls, desc="indexing shards", unit="shard", disable=not show_progress):
+            keys, langs, texts = [], [], []
+            for record in iter_image_text_records([url], decode=verify_images, default_lang=default_lang,
+                                                  skip_counts=skipped):
+                keys.append(record["key"])
+                langs.append([lang for lang, _ in record["captions"]])
+                texts.append([text for _, text in record["captions"]])
+            writer.write_batch(pa.record_batch([keys, langs, texts], schema=INDEX_SCHEMA))
+            shard_rows.append(len(keys))
+            key_hashes.append(hash_strings(keys))
+            num_captions += sum(map(len, texts))
+    summary = {"shard_rows": shard_rows, "key_hashes": key_hashes, "num_captions": num_captions,
+               "skipped": dict(skipped)}
+    Path(f"{part}.json").write_text(json.dumps(summary))
+
+
+def _join_parts(parts: Sequence[Path], directory: Path, key: str, description: dict) -> None:
+    """Concatenate the scanned parts, in order, into a complete index entry (staged, then renamed)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=directory.parent))
+    shard_rows, key_hashes, num_captions, skipped = [], [], 0, Counter()
+    try:
+        with pa.OSFile(str(staging / ShardIndex.FILE), "wb") as sink, \
+                pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
+            for part in parts:
+                reader = pa.ipc.open_file(pa.memory_map(f"{part}.arrow"))
+                for batch in range(reader.num_record_batches):
+                    writer.write_batch(reader.get_batch(batch))
+                summary = json.loads(Path(f"{part}.json").read_text())
+                shard_rows += summary["shard_rows"]
+                key_hashes += summary["key_hashes"]
+                num_captions += summary["num_captions"]
+                skipped.update(summary["skipped"])
+        meta = {"key": key, "num_rows": sum(shard_rows), "num_captions": num_captions, "shard_rows": shard_rows,
+                "keys_hash": hash_strings(key_hashes), "skipped": dict(sorted(skipped.items())),
+                "sha256": file_sha256(staging / ShardIndex.FILE), **description}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        if not directory.exists():  # else another writer finished first: identical by construction
+            os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------- reading images back
