@@ -168,7 +168,8 @@ def train(cfg: DictConfig) -> Path:
     resume_from = resolve_resume(cfg.trainer.resume, run_dir)
     if resume_from is not None:
         state = load_checkpoint(accelerator, resume_from)
-    skipped = Counter(state.skipped)
+    # Batch skip counts are per rank; the checkpoint holds their sum, so only rank 0 restores it.
+    skipped = Counter(state.skipped) if accelerator.is_main_process else Counter()
 
     accelerator.init_trackers(cfg.logger.project, config=flat_config(cfg),
                               init_kwargs=tracker_init_kwargs(cfg.logger, run_dir, cfg.name))
@@ -187,7 +188,7 @@ def train(cfg: DictConfig) -> Path:
         return metrics
 
     def checkpoint() -> None:
-        state.skipped = dict(skipped)
+        state.skipped = dict(total_skips(accelerator, skipped, Counter()))
         save_checkpoint(accelerator, run_dir, state, cfg.trainer.keep_last)
 
     if state.step == 0 and cfg.trainer.eval_at_start:
@@ -265,6 +266,7 @@ def train(cfg: DictConfig) -> Path:
         checkpoint()
     full_state = full_state_dict(accelerator, task)
     final_dir = run_dir / "final"
+    skipped = total_skips(accelerator, skipped, data.skipped)
     if accelerator.is_main_process:
         core.export(final_dir, full_state)
         if skipped:
@@ -276,6 +278,17 @@ def train(cfg: DictConfig) -> Path:
     preemption.restore()
     train.last_metrics = final_metrics
     return final_dir
+
+
+def total_skips(accelerator, batch_skips: Counter, setup_skips: Counter) -> Counter:
+    """Skips counted in batches on every rank, summed, plus those found once while building data."""
+    from accelerate.utils import gather_object
+
+    total = Counter(setup_skips)
+    per_rank = gather_object([dict(batch_skips)]) if accelerator.num_processes > 1 else [dict(batch_skips)]
+    for counts in per_rank:
+        total.update(counts)
+    return total
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -134,3 +134,78 @@ def without_dropout(model_dir: Path, out_dir: Path) -> Path:
                 config[sub][key] = 0.0
         config_file.write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+SAMPLE_TEXTS = ("A cat sleeps on the sofa.", "一只猫在沙发上睡觉。", "Un chat dort sur le canapé.")
+
+
+def text_embeddings(final_dir: Path, texts: tuple[str, ...] = SAMPLE_TEXTS):
+    """Pooled outputs of an exported phase-1 model: what a user gets from plain transformers.
+
+    Comparing these, rather than raw weights, between runs on different process layouts ignores
+    weights with no effect on the output (attention key biases get a zero gradient, which AdamW
+    turns float noise into), and checks the export loads."""
+    import torch
+    from transformers import AltCLIPTextModel, AutoTokenizer
+
+    model = AltCLIPTextModel.from_pretrained(final_dir).eval()
+    tokens = AutoTokenizer.from_pretrained(final_dir)(list(texts), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**tokens).pooler_output
+
+
+# ----------------------------------------------------------------------------- phase-2 inputs
+PAIR_LANGS = ("en", "zh", "fr", "ja")
+NUM_IMAGES = 16
+
+
+def pair_caption(image: int, lang: str) -> str:
+    from altclip_train.models.tiny import SAMPLE_CAPTIONS
+
+    captions = SAMPLE_CAPTIONS[lang]
+    return f"{captions[image % len(captions)]} {image}"  # the number keeps every caption unique
+
+
+def build_pair_shards(root: Path) -> Path:
+    """NUM_IMAGES random PNGs with a caption in each of PAIR_LANGS, as 4 WebDataset shards."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from altclip_train.data.prepare_wds import prepare_wds
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "pairs.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption", "lang"])
+        for image in range(NUM_IMAGES):
+            pixels = np.random.default_rng(image).integers(0, 256, size=(36, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"img{image}.png")
+            for lang in PAIR_LANGS:
+                writer.writerow([f"img{image}.png", pair_caption(image, lang), lang])
+    prepare_wds(root / "pairs.csv", root / "shards", shard_size=NUM_IMAGES // 4)
+    return root / "shards"
+
+
+def build_phase1_output(teacher: Path, student: Path, out_dir: Path) -> Path:
+    """What `altclip-train distill` exports (AltCLIPTextModel + tokenizer), straight from the XLM-R stand-in."""
+    from transformers import AutoTokenizer
+
+    from altclip_train.models.student import build_student
+    from altclip_train.models.teacher import teacher_text_dim
+
+    build_student(str(student), teacher_text_dim(str(teacher))).save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(student).save_pretrained(out_dir)
+    return out_dir
+
+
+def contrastive_overrides(teacher: Path, phase1: Path, shards: Path, run_dir: Path, *extra: str) -> list[str]:
+    """A few-step CPU phase-2 run on cached image embeddings; 2 global batches of 8 pairs per epoch."""
+    return [
+        f"model.model.teacher={teacher}", f"model.model.student={phase1}", f"data.shards={shards}",
+        f"run_dir={run_dir}", "data.batch_size=8", "data.eval_batch_size=8", "data.num_workers=0",
+        f"data.languages=[{','.join(PAIR_LANGS)}]", "data.cache_batch_size=8", "optim.lr=1e-3",
+        "optim.warmup_steps=1", "trainer.max_steps=6", "trainer.log_every=1", "trainer.eval_every=0",
+        "trainer.eval_at_start=false", "trainer.save_every=3", "logger=jsonl", *extra,
+    ]

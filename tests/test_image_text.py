@@ -368,3 +368,30 @@ def test_two_real_ranks_build_one_cache_and_split_every_epoch(tiny_teacher, shar
         rows = [i for i, _ in train[rank][:2]]
         torch.testing.assert_close(result["embeds"][0].float(), torch.from_numpy(single.embeddings[rows]).float(),
                                    rtol=1e-3, atol=1e-3)
+
+
+def test_a_rank_with_fewer_samples_rereads_its_shards_instead_of_leaving_others_waiting(
+        tiny_teacher, tmp_path, pair_dir, caplog):
+    shutil.copytree(pair_dir / "shards", tmp_path / "shards")
+    three = str(tmp_path / "shards" / "shard-{00000..00002}.tar")  # 6 samples: 4 on one rank, 2 on the other
+    ranks = setup_ranks(tiny_teacher, three, world=2, image_cache=False, batch_size=2)
+    with caplog.at_level(logging.WARNING):
+        counts = [len(list(data.train_batches(0))) for data in ranks]
+    assert counts == [3, 3] and ranks[0].num_train_batches(0) == 3
+    assert "re-reading its shards to keep all ranks in step" in caplog.text
+
+
+def test_config_instantiates_the_data_module_with_every_argument(tiny_teacher, shards):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from conftest import REPO
+
+    data_cfg = OmegaConf.load(REPO / "configs" / "data" / "image_text.yaml")
+    root = OmegaConf.create({"seed": 7, "data": data_cfg,
+                             "model": {"tokenizer": str(tiny_teacher), "image_processor": str(tiny_teacher),
+                                       "image_model": str(tiny_teacher)}})
+    root.data.shards = shards
+    data = instantiate(root.data, _convert_="all")
+    assert isinstance(data, ImageTextData) and data.seed == 7 and data.image_cache and data.cache_dir is None
+    assert data.languages == {"en", "zh", "es", "fr", "ru", "ja", "ko", "ar", "it"}

@@ -46,7 +46,13 @@ from tqdm.auto import tqdm
 from altclip_train.data import embedding_cache
 from altclip_train.data.embedding_cache import EmbeddingCache, file_sha256, hash_strings
 from altclip_train.data.images import BadImageError, ClipImageTransform, decode_image
-from altclip_train.data.webdataset import _is_remote, expand_shard_urls, iter_image_text_records, normalize_lang
+from altclip_train.data.webdataset import (
+    _is_remote,
+    _local_path,
+    expand_shard_urls,
+    iter_image_text_records,
+    normalize_lang,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ def shard_fingerprints(urls: Sequence[str]) -> list[list]:
         if _is_remote(url):
             prints.append([url, None, None])
             continue
-        path = Path(url[5:] if url.lower().startswith("file:") else url).expanduser().resolve()
+        path = Path(_local_path(url)).resolve()
         stat = path.stat()
         prints.append([str(path), stat.st_size, stat.st_mtime_ns])
     return prints
@@ -76,7 +82,7 @@ def default_cache_dir(urls: Sequence[str]) -> Path:
     """`<dir of the first local shard>/.altclip_cache` when that dir is writable, else the user cache."""
     for url in urls:
         if not _is_remote(url):
-            data_dir = Path(url[5:] if url.lower().startswith("file:") else url).expanduser().resolve().parent
+            data_dir = Path(_local_path(url)).resolve().parent
             if os.access(data_dir, os.W_OK):
                 return data_dir / ".altclip_cache"
             log.warning("shard directory %s is not writable; keeping the image cache in the user cache", data_dir)
@@ -313,9 +319,6 @@ class IndexedImages(IterableDataset):
             return np.arange(first, last + 1)
         return np.unique(np.searchsorted(bounds, self.rows, side="right") - 1)
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor | None]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -478,8 +481,16 @@ def embed_rows(index: ShardIndex, rows: range, out: np.ndarray, image_model: str
                 with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype,
                                                             enabled=autocast_dtype != torch.float32):
                     features = image_features(model, pixels.to(device, non_blocking=True))
-                out[(batch_rows[ok] - rows.start).numpy()] = features.float().cpu().numpy()
+                features = features.float().cpu().numpy()
+                # NaN marks an undecodable image, so a real vector must survive the float16 cache intact.
+                if not np.isfinite(features.astype(np.float16)).all():
+                    raise ValueError(f"{image_model} gave non-finite image embeddings in {dtype} (index rows "
+                                     f"{batch_rows[ok].tolist()[:5]}...); cache them with dtype float32")
+                out[(batch_rows[ok] - rows.start).numpy()] = features
             progress.update(len(batch_rows))
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # training starts on this device next
     return corrupt
 
 

@@ -49,6 +49,7 @@ from altclip_train.data.parallel import pad_batch
 from altclip_train.data.webdataset import (
     ImageTextWebDataset,
     _is_remote,
+    _local_path,
     check_shard_count,
     collate_image_text,
     expand_shard_urls,
@@ -145,7 +146,7 @@ def manifest_sample_count(urls: list[str]) -> int | None:
     for url in urls:
         if _is_remote(url):
             return None
-        path = Path(url[5:] if url.lower().startswith("file:") else url).expanduser()
+        path = Path(_local_path(url))
         if path.parent not in manifests:
             try:
                 manifest = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
@@ -172,6 +173,8 @@ class ImageTextData:
         if image_cache and not image_model:
             raise ValueError("data.image_cache=true needs data.image_model (the checkpoint whose frozen image "
                              "side makes the cached embeddings)")
+        if not (image_processor or image_model):
+            raise ValueError("data.image_processor is required (a dir or hub id with preprocessor_config.json)")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"data.batch_size and data.eval_batch_size must be positive, got {batch_size} and "
                              f"{eval_batch_size}")

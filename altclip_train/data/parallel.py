@@ -137,7 +137,10 @@ class PairRows(TorchDataset):
 
     def __init__(self, student_ids: list[list[int]], source_ids: np.ndarray, target_ids: list[list[int]],
                  langs: list[str], source_lang: str, pad_id: int, teacher: np.ndarray | None,
-                 teacher_row: np.ndarray, teacher_tokens: list[list[int]] | None, teacher_pad_id: int):
+                 teacher_row: np.ndarray, teacher_tokens: list[list[int]] | None, teacher_pad_id: int,
+                 student_width: int | None = None, teacher_width: int | None = None):
+        self.student_width = student_width
+        self.teacher_width = teacher_width
         self.student_source = student_ids
         self.student_target = target_ids
         self.source_index = source_ids
@@ -156,7 +159,7 @@ class PairRows(TorchDataset):
         rows, valid = item
         # English rows first, then their translations; both learn the English target.
         sequences = [self.student_source[r] for r in rows] + [self.student_target[r] for r in rows]
-        ids, mask = pad_batch(sequences, self.pad_id)
+        ids, mask = pad_batch(sequences, self.pad_id, self.student_width)
         source_index = torch.as_tensor(self.source_index[rows], dtype=torch.long)
         source_index[~torch.as_tensor(valid)] = -1
         batch = {
@@ -170,13 +173,13 @@ class PairRows(TorchDataset):
             batch["teacher_embeds"] = torch.cat([embeds, embeds])
         else:
             batch["teacher_input_ids"], batch["teacher_attention_mask"] = pad_batch(
-                [self.teacher_tokens[r] for r in rows], self.teacher_pad_id)
+                [self.teacher_tokens[r] for r in rows], self.teacher_pad_id, self.teacher_width)
         return batch
 
 
-def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence of this batch only."""
-    width = max(len(seq) for seq in sequences)
+def pad_batch(sequences: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence of this batch only (or to a fixed `width`)."""
+    width = width or max(len(seq) for seq in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, seq in enumerate(sequences):
@@ -193,7 +196,7 @@ class ParallelTextData:
                  teacher_cache: bool = True, cache_dir: str = "~/.cache/altclip_train", val_size: int = 500,
                  eval_batch_size: int = 256, num_workers: int = 0, bucket_by_length: bool = True,
                  seed: int = 0, source_lang: str = "en", teacher_batch_size: int = 256,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, pad_to_max_length: bool = False):
         if not corpora:
             raise ValueError("data.corpora is empty: list at least one parallel corpus")
         self.specs = [CorpusSpec(**dict(corpus)) for corpus in corpora]
@@ -216,6 +219,9 @@ class ParallelTextData:
         self.source_lang = source_lang
         self.teacher_batch_size = teacher_batch_size
         self.trust_remote_code = trust_remote_code
+        # Fixed-width padding (the original AltCLIP helpers' way) exists only to measure what per-batch
+        # padding saves; see bench/phase1_distill.py.
+        self.pad_to_max_length = pad_to_max_length
         self.skipped: Counter = Counter()
 
     # ---------------------------------------------------------------- setup
@@ -223,6 +229,10 @@ class ParallelTextData:
         from transformers import AutoTokenizer
 
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
+        self.grad_accum = getattr(accelerator, "gradient_accumulation_steps", 1)
+        if self.batch_size % (self.world_size * self.grad_accum):
+            raise ValueError(f"data.batch_size={self.batch_size} does not split evenly over {self.world_size} "
+                             f"processes x {self.grad_accum} accumulation steps")
         corpora = [load_corpus(spec, self.source_lang) for spec in self.specs]
         for corpus in corpora:
             self.skipped.update(corpus.skipped)
@@ -256,7 +266,9 @@ class ParallelTextData:
         self.rows = PairRows(
             student_ids=[student_ids[i] for i in source_index], source_ids=source_index, target_ids=target_ids,
             langs=langs, source_lang=self.source_lang, pad_id=tokenizer.pad_token_id, teacher=teacher_embeds,
-            teacher_row=source_index, teacher_tokens=teacher_tokens, teacher_pad_id=teacher_pad)
+            teacher_row=source_index, teacher_tokens=teacher_tokens, teacher_pad_id=teacher_pad,
+            student_width=self.student_max_length if self.pad_to_max_length else None,
+            teacher_width=self.teacher_max_length if self.pad_to_max_length else None)
         lengths = np.array([max(len(self.rows.student_source[i]), len(target_ids[i])) for i in range(len(langs))])
         self.plan = BatchPlan(lengths=lengths, groups=group_rows, weights=[s.weight for s in self.specs],
                               global_batch_size=self.batch_size, seed=self.seed,
@@ -297,10 +309,15 @@ class ParallelTextData:
         return self.plan.num_batches(epoch)
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
-        """This rank's share of each global batch of `epoch`, from global batch `start_batch` on."""
-        plan = self.plan.global_batches(epoch)[start_batch:]
-        items = [(rank_slice(rows, self.rank, self.world_size), None) for rows in plan]
-        items = [(rows, np.ones(len(rows), dtype=bool)) for rows, _ in items]
+        """This rank's micro-batches of `epoch` (grad_accum of them per global batch), from global
+        batch `start_batch` on. A global batch is cut into world x accum pieces; rank r takes pieces
+        r*accum .. r*accum + accum - 1, so any world size sees the same samples per optimizer step."""
+        pieces = self.world_size * self.grad_accum
+        items = []
+        for rows in self.plan.global_batches(epoch)[start_batch:]:
+            for step in range(self.grad_accum):
+                share = rank_slice(rows, self.rank * self.grad_accum + step, pieces)
+                items.append((share, np.ones(len(share), dtype=bool)))
         return iter(self._loader(items))
 
     def val_batches(self) -> Iterator[dict[str, Any]]:

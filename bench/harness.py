@@ -1,0 +1,152 @@
+"""Measuring one benchmark run the same way whatever trains: step clock, wall time, peak memory.
+
+Every recipe (the framework, sentence-transformers' trainer, open_clip's loop) steps a
+`torch.optim.Optimizer`, so a global optimizer post-step hook timestamps every step without touching
+any of their code. From those timestamps and the run's start:
+
+  setup_s      start -> end of the first step: model loading, tokenisation, cache building, first step
+  e2e_s        start -> the trained model is written: everything a user waits for after imports
+  pairs_per_s  steady-state training throughput: pairs in steps (warmup+1 .. last) / their wall time
+               (the first `warmup` steps pay one-off allocation and are left out)
+  peak_rss_mib the largest resident set of the process tree (main process + data-loader workers),
+               sampled every 20 ms, and at least the main process's own getrusage peak
+
+Imports happen before `start()`: they cost the same for every recipe and say nothing about training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class RunMeter:
+    def __init__(self, warmup_steps: int = 3, sample_every_s: float = 0.02):
+        import torch.optim.optimizer as optimizer_module
+
+        self.warmup_steps = warmup_steps
+        self.sample_every_s = sample_every_s
+        self.step_times: list[float] = []
+        self.marks: dict[str, float] = {}
+        self.start_time = self.end_time = None
+        self._peak_tree = 0
+        self._stop = threading.Event()
+        self._sampler = None
+        self._hook = optimizer_module.register_optimizer_step_post_hook(self._on_step)
+
+    def _on_step(self, optimizer, args, kwargs) -> None:
+        self.step_times.append(time.perf_counter())
+
+    def _sample_tree(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                total = me.memory_info().rss
+                for child in me.children(recursive=True):
+                    try:
+                        total += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self._peak_tree = max(self._peak_tree, total)
+            except psutil.Error:
+                pass
+            self._stop.wait(self.sample_every_s)
+
+    def start(self) -> None:
+        self.start_time = time.perf_counter()
+        self._sampler = threading.Thread(target=self._sample_tree, daemon=True)
+        self._sampler.start()
+
+    def mark(self, name: str) -> None:
+        """Time since start of a named moment (e.g. "cache_built"), reported as `<name>_s`."""
+        self.marks[name] = time.perf_counter() - self.start_time
+
+    def finish(self) -> None:
+        self.end_time = time.perf_counter()
+        self._stop.set()
+        self._sampler.join()
+        self._hook.remove()
+
+    def summary(self, pairs_per_step: int) -> dict:
+        steps = len(self.step_times)
+        if steps <= self.warmup_steps + 1:
+            raise RuntimeError(f"only {steps} optimizer steps were taken; need more than {self.warmup_steps + 1}")
+        first, last = self.step_times[self.warmup_steps], self.step_times[-1]
+        timed_steps = steps - 1 - self.warmup_steps
+        own_peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        step_gaps = [b - a for a, b in zip(self.step_times[self.warmup_steps:], self.step_times[self.warmup_steps + 1:])]
+        return {
+            "steps": steps,
+            "pairs_per_step": pairs_per_step,
+            "pairs_trained": steps * pairs_per_step,
+            "pairs_per_s": timed_steps * pairs_per_step / (last - first),
+            "median_step_s": sorted(step_gaps)[len(step_gaps) // 2],
+            "setup_s": self.step_times[0] - self.start_time,
+            "train_s": self.step_times[-1] - self.step_times[0],
+            "e2e_s": self.end_time - self.start_time,
+            "peak_rss_mib": max(self._peak_tree, own_peak_kib * 1024) / 2**20,
+            **{f"{name}_s": value for name, value in self.marks.items()},
+        }
+
+
+def machine() -> dict:
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "nproc": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def library_versions(*names: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def this_command(argv: list[str] | None) -> str:
+    return shlex.join([sys.executable, *(sys.argv if argv is None else [sys.argv[0], *argv])])
+
+
+def write_json(path: str | Path | None, payload: dict) -> None:
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    if path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    print("RESULT " + json.dumps(payload, default=str), flush=True)
+
+
+def quiet_libraries() -> None:
+    """Fewer progress bars and warnings on stdout: a bench run prints one result line."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
