@@ -139,19 +139,23 @@ def without_dropout(model_dir: Path, out_dir: Path) -> Path:
 SAMPLE_TEXTS = ("A cat sleeps on the sofa.", "一只猫在沙发上睡觉。", "Un chat dort sur le canapé.")
 
 
-def text_embeddings(final_dir: Path, texts: tuple[str, ...] = SAMPLE_TEXTS):
-    """Pooled outputs of an exported phase-1 model: what a user gets from plain transformers.
+def exported_outputs(final_dir: Path, texts: tuple[str, ...] = SAMPLE_TEXTS):
+    """What a user gets from an exported model with plain transformers: phase 1's pooled text vectors,
+    or phase 2's projected text features scaled by exp(logit_scale).
 
     Comparing these, rather than raw weights, between runs on different process layouts ignores
     weights with no effect on the output (attention key biases get a zero gradient, which AdamW
     turns float noise into), and checks the export loads."""
     import torch
-    from transformers import AltCLIPTextModel, AutoTokenizer
+    from transformers import AltCLIPModel, AltCLIPTextModel, AutoConfig, AutoTokenizer
 
-    model = AltCLIPTextModel.from_pretrained(final_dir).eval()
     tokens = AutoTokenizer.from_pretrained(final_dir)(list(texts), padding=True, return_tensors="pt")
     with torch.no_grad():
-        return model(**tokens).pooler_output
+        if AutoConfig.from_pretrained(final_dir).model_type == "altclip":
+            model = AltCLIPModel.from_pretrained(final_dir).eval()
+            assert model.logit_scale.dim() == 0, "logit_scale must be exported as a scalar"
+            return model.get_text_features(**tokens).pooler_output * model.logit_scale.exp()
+        return AltCLIPTextModel.from_pretrained(final_dir).eval()(**tokens).pooler_output
 
 
 # ----------------------------------------------------------------------------- phase-2 inputs
@@ -162,8 +166,11 @@ NUM_IMAGES = 16
 def pair_caption(image: int, lang: str) -> str:
     from altclip_train.models.tiny import SAMPLE_CAPTIONS
 
+    # Past the sample captions, join two of them: the tiny tokenizers know no digits, so numbering
+    # captions would not keep them apart once tokenised.
     captions = SAMPLE_CAPTIONS[lang]
-    return f"{captions[image % len(captions)]} {image}"  # the number keeps every caption unique
+    first, second = divmod(image, len(captions))
+    return captions[second] if not first else f"{captions[second]} {captions[(second + first) % len(captions)]}"
 
 
 def build_pair_shards(root: Path) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 LANGUAGES = ["en", "zh", "es", "fr", "ru", "ja", "ko", "ar", "it"]
 # Short runs for the test suite: the same commands with fewer steps.
-QUICK_OVERRIDES = {"teacher": ["trainer.max_steps=30"], "distill": ["trainer.max_steps=30", "trainer.eval_every=15"],
+QUICK_OVERRIDES = {"teacher": ["trainer.max_steps=20"], "distill": ["trainer.max_steps=30", "trainer.eval_every=15"],
                    "contrastive": ["trainer.max_steps=10", "trainer.eval_every=5"]}
 
 
@@ -46,11 +46,12 @@ def prepare(out: Path, seed: int, env: dict) -> None:
     from altclip_train.demo.build_data import build_demo_data
     from altclip_train.models.tiny import build_tiny_clip, build_tiny_xlmr
 
-    data = build_demo_data(out / "data", seed=seed)
+    # 16 px already holds every pixel of an 8x8 scan; patch 4 gives the ViT 16 patches to read.
+    data = build_demo_data(out / "data", seed=seed, image_size=16)
     manifest = data.read_manifest()
     print(f"digits: {manifest.get('counts', manifest)}", flush=True)
     build_tiny_clip(out / "init" / "teacher", data.all_texts("en"), seed=seed, vocab_size=600,
-                    hidden=64, layers=2, patch=4, image_size=32, projection_dim=64)
+                    hidden=64, layers=2, patch=4, image_size=16, projection_dim=64)
     build_tiny_xlmr(out / "init" / "student", data.all_texts(), seed=seed, vocab_size=4000,
                     hidden=64, layers=2, intermediate=256)
     for name, pairs in (("teacher", data.teacher_pairs), ("multilingual", data.multilingual_pairs)):
