@@ -9,7 +9,8 @@ any of their code. From those timestamps and the run's start:
   pairs_per_s  steady-state training throughput: pairs in steps (warmup+1 .. last) / their wall time
                (the first `warmup` steps pay one-off allocation and are left out)
   peak_rss_mib the largest resident set of the process tree (main process + data-loader workers),
-               sampled every 20 ms, and at least the main process's own getrusage peak
+               sampled every 20 ms, and at least the main process's own getrusage peak;
+               rss_at_start_mib is the process after its imports (the libraries' share of the peak)
 
 Imports happen before `start()`: they cost the same for every recipe and say nothing about training.
 """
@@ -62,6 +63,9 @@ class RunMeter:
             self._stop.wait(self.sample_every_s)
 
     def start(self) -> None:
+        import psutil
+
+        self.rss_at_start = psutil.Process().memory_info().rss
         self.start_time = time.perf_counter()
         self._sampler = threading.Thread(target=self._sample_tree, daemon=True)
         self._sampler.start()
@@ -94,6 +98,7 @@ class RunMeter:
             "train_s": self.step_times[-1] - self.step_times[0],
             "e2e_s": self.end_time - self.start_time,
             "peak_rss_mib": max(self._peak_tree, own_peak_kib * 1024) / 2**20,
+            "rss_at_start_mib": self.rss_at_start / 2**20,
             **{f"{name}_s": value for name, value in self.marks.items()},
         }
 

@@ -18,9 +18,9 @@ Recipes (same teacher, student initialisation, tokenizers, corpus, batch of 64 p
 How the sentence-transformers models match ours. Teacher: a custom input module around the same
 `CLIPTextModel` returning `pooler_output` (the pooled end-of-text state before text_projection, our
 distillation target; ST's built-in CLIP module would return the projected vector). Student: the stock
-modules `Transformer(student XLM-R, no pooler) -> Pooling("cls") -> LayerNorm -> Dense(256 -> 192,
+modules `Transformer(student XLM-R, no pooler) -> Pooling("cls") -> LayerNorm -> Dense(128 -> 96,
 identity)`, which computes exactly `AltCLIPTextModel` (XLM-R -> pre_LN -> transformation, pooled at
-<s>); ST applies LayerNorm + Dense to the pooled vector only, AltCLIP to every token (0.5% of the
+<s>); ST applies LayerNorm + Dense to the pooled vector only, AltCLIP to every token (1.6% of the
 student's FLOPs here, in ST's favour). Same XLM-R weights; pre_LN/Dense start at their own random init.
 
     python bench/phase1_distill.py --recipe framework --json-out bench/results/runs/p1-framework.json

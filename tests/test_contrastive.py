@@ -1,0 +1,130 @@
+"""Phase 2 end to end on tiny models: assembly, frozen image side, export round trip, export command,
+plain two-tower CLIP training, and the bad inputs that name a wrong model directory."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AltCLIPModel, AltCLIPProcessor, CLIPModel
+
+from altclip_train.cli import compose_config
+from altclip_train.data.prepare_wds import prepare_wds
+from altclip_train.models.assemble import assemble_altclip
+from altclip_train.models.student import NotAStudentCheckpoint
+from altclip_train.models.tiny import SAMPLE_CAPTIONS, SAMPLE_SENTENCES, build_tiny_clip
+from altclip_train.tasks.distill import DistillTask
+from altclip_train.tracking import read_metrics
+from altclip_train.train import train
+
+LANGS = ("en", "zh", "fr", "ja")
+
+
+@pytest.fixture(scope="session")
+def phase1_dir(tiny_teacher, tiny_student, tmp_path_factory):
+    """A phase-1 output (untrained is enough here): AltCLIPTextModel + tokenizer."""
+    return DistillTask(str(tiny_teacher), str(tiny_student)).export(tmp_path_factory.mktemp("phase1") / "final")
+
+
+@pytest.fixture(scope="session")
+def pair_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    rows = []
+    for i in range(32):
+        pixels = np.random.default_rng(i).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        for lang in LANGS:
+            rows.append({"image": f"{i}.png", "caption": SAMPLE_CAPTIONS[lang][i % 8] + f" {i}", "lang": lang})
+    with open(root / "pairs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "caption", "lang"])
+        writer.writeheader()
+        writer.writerows(rows)
+    prepare_wds(root / "pairs.csv", root / "shards", shard_size=8)
+    return root / "shards"
+
+
+def contrastive_overrides(teacher, student, shards, run_dir, *extra):
+    return [f"model.model.teacher={teacher}", f"model.model.student={student}", f"data.shards={shards}",
+            f"run_dir={run_dir}", "data.batch_size=8", "data.num_workers=0", "data.languages=[en,zh,fr,ja]",
+            "optim.lr=1e-3", "optim.warmup_steps=1", "trainer.max_steps=6", "trainer.log_every=1",
+            "trainer.eval_every=0", "trainer.save_every=3", "trainer.eval_at_start=false", "logger=jsonl", *extra]
+
+
+def run_contrastive(*overrides):
+    return train(compose_config("contrastive", list(overrides)))
+
+
+@pytest.mark.parametrize("image_cache", [True, False])
+def test_image_side_stays_bit_identical_and_the_text_side_learns(tiny_teacher, phase1_dir, pair_shards,
+                                                                  tmp_path, image_cache):
+    final = run_contrastive(*contrastive_overrides(tiny_teacher, phase1_dir, pair_shards, tmp_path / "run",
+                                                   f"data.image_cache={str(image_cache).lower()}"))
+    trained = AltCLIPModel.from_pretrained(final).state_dict()
+    start = assemble_altclip(str(tiny_teacher), str(phase1_dir)).state_dict()
+    image_side = [k for k in start if k.startswith(("vision_model.", "visual_projection."))]
+    assert image_side and all(torch.equal(start[k], trained[k]) for k in image_side)
+    assert not torch.equal(start["text_projection.weight"], trained["text_projection.weight"])
+    assert not torch.equal(start["text_model.transformation.weight"], trained["text_model.transformation.weight"])
+    assert trained["logit_scale"].shape == ()
+    losses = [m["train/loss"] for m in read_metrics(tmp_path / "run") if "train/loss" in m]
+    assert len(losses) == 6 and min(losses[-2:]) < losses[0]
+
+
+def test_export_round_trip_gives_the_training_time_logits(tiny_teacher, phase1_dir, pair_shards, tmp_path):
+    final = run_contrastive(*contrastive_overrides(tiny_teacher, phase1_dir, pair_shards, tmp_path / "run"))
+    model = AltCLIPModel.from_pretrained(final).eval()
+    processor = AltCLIPProcessor.from_pretrained(final)
+    # The training-time model: the assembled AltCLIP with the last checkpoint's weights.
+    reference = assemble_altclip(str(tiny_teacher), str(phase1_dir))
+    state = load_file(tmp_path / "run" / "checkpoints" / "step-00000006" / "model.safetensors")
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    state["logit_scale"] = state["logit_scale"].reshape(())
+    reference.load_state_dict(state)
+    reference.eval()
+    images = [Image.open(pair_shards.parent / f"{i}.png") for i in range(3)]
+    texts = [SAMPLE_CAPTIONS["en"][0], SAMPLE_CAPTIONS["zh"][1], SAMPLE_CAPTIONS["ja"][2], SAMPLE_CAPTIONS["fr"][3]]
+    inputs = processor(text=texts, images=images, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        got, want = model(**inputs).logits_per_image, reference(**inputs).logits_per_image
+    assert got.shape == (3, 4)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    # `altclip-train export` on the same checkpoint writes the same model.
+    exported = tmp_path / "exported"
+    result = subprocess.run([sys.executable, "-m", "altclip_train", "export",
+                             str(tmp_path / "run" / "checkpoints" / "step-00000006"), "--output", str(exported)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with torch.no_grad():
+        again = AltCLIPModel.from_pretrained(exported).eval()(**inputs).logits_per_image
+    torch.testing.assert_close(again, want, rtol=0, atol=0)
+
+
+def test_same_task_trains_a_plain_clip_with_nothing_frozen(tiny_teacher, pair_shards, tmp_path):
+    final = run_contrastive(*contrastive_overrides(tiny_teacher, "unused", pair_shards, tmp_path / "run")[2:],
+                            "model=clip", f"model.model.config={tiny_teacher}", f"model.tokenizer={tiny_teacher}",
+                            f"model.image_processor={tiny_teacher}", "data.image_cache=false", "data.languages=[en]")
+    before = CLIPModel.from_pretrained(tiny_teacher).state_dict()
+    after = CLIPModel.from_pretrained(final).state_dict()
+    for key in ("vision_model.encoder.layers.0.mlp.fc1.weight", "text_model.encoder.layers.0.mlp.fc1.weight",
+                "visual_projection.weight", "text_projection.weight"):
+        assert not torch.equal(before[key], after[key]), key
+
+
+def test_phase1_dir_that_is_not_a_phase1_output(tiny_teacher, tmp_path):
+    with pytest.raises(NotAStudentCheckpoint, match="no config.json"):
+        assemble_altclip(str(tiny_teacher), str(tmp_path))
+    with pytest.raises(NotAStudentCheckpoint, match="model_type is 'clip'"):
+        assemble_altclip(str(tiny_teacher), str(tiny_teacher))
+
+
+def test_teacher_whose_text_width_differs_from_the_students_project_dim(phase1_dir, tmp_path):
+    other = build_tiny_clip(tmp_path / "wide", SAMPLE_SENTENCES, hidden=32, heads=2)
+    with pytest.raises(ValueError, match="text width 32 but student .* has project_dim 64"):
+        assemble_altclip(str(other), str(phase1_dir))
