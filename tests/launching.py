@@ -216,3 +216,23 @@ def contrastive_overrides(teacher: Path, phase1: Path, shards: Path, run_dir: Pa
         "optim.warmup_steps=1", "trainer.max_steps=6", "trainer.log_every=1", "trainer.eval_every=0",
         "trainer.eval_at_start=false", "trainer.save_every=3", "logger=jsonl", *extra,
     ]
+
+
+def scaleout_inputs(teacher: Path, student: Path, corpora: Path, root: Path) -> dict:
+    """Inputs for runs compared across process layouts: dropout off everywhere (so no layout draws
+    different random masks), a phase-1 output for phase 2, and image-text shards."""
+    student = without_dropout(student, root / "xlmr")
+    return {"teacher": teacher, "student": student, "corpora": corpora,
+            "phase1": build_phase1_output(teacher, student, root / "phase1"),
+            "shards": build_pair_shards(root / "pairs")}
+
+
+def phase_overrides(phase: str, inputs: dict, run_dir: Path, *extra: str) -> list[str]:
+    """Phase 1: 96 training pairs (none held out), 12 global batches of 8 per epoch. Phase 2: 16 images,
+    2 global batches of 8 per epoch. `extra` sets steps, saving and logging."""
+    from conftest import distill_overrides
+
+    if phase == "distill":
+        return distill_overrides(inputs["teacher"], inputs["student"], inputs["corpora"], run_dir, "data.val_size=0",
+                                 *extra)
+    return contrastive_overrides(inputs["teacher"], inputs["phase1"], inputs["shards"], run_dir, *extra)

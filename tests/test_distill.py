@@ -135,3 +135,23 @@ def test_altclip_m9_recipe_builds_the_real_architectures_on_meta(tmp_path):
     assert sum(p.numel() for p in student.roberta.parameters()) == 559_890_432 - pooler
     assert student.transformation.out_features == 768
     assert isinstance(student.config, AltCLIPTextConfig)
+
+
+def test_tensorboard_logger_writes_event_files(tiny_teacher, tiny_student, parallel_dir, tmp_path):
+    run_distill(tiny_teacher, tiny_student, parallel_dir, tmp_path / "run", "logger=tensorboard",
+                "trainer.max_steps=2", "trainer.save_every=0")
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert read_metrics(tmp_path / "run")  # metrics.jsonl is written whatever the tracker
+
+
+@pytest.mark.slow
+def test_wandb_logger_runs_offline_and_keeps_no_secret(tiny_teacher, tiny_student, parallel_dir, tmp_path,
+                                                       monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "secret-key-that-must-not-leak-0123456789")
+    run_distill(tiny_teacher, tiny_student, parallel_dir, tmp_path / "run", "logger=wandb",
+                "trainer.max_steps=2", "trainer.save_every=0")
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file() and path.suffix in {".yaml", ".json", ".jsonl", ".log", ".txt"}:
+            assert "secret-key-that-must-not-leak" not in path.read_text(errors="ignore"), path
