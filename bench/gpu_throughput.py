@@ -17,7 +17,9 @@ Cases (every one is a full optimizer step: zero_grad, autocast forward, backward
   phase2/live-vit       the same plus a no-grad ViT-L/14 forward + visual_projection on pixel tensors
 
 Captions have random per-caption lengths (normal around --mean-tokens, clipped to [4, 77], special
-tokens included) and each batch is padded to its own longest caption, as the real collate does. Data
+tokens included). As in the framework's data modules, rows are sorted by length inside windows of
+--bucket-span batches before batches are cut (phase 1 by the longer side of a pair), and each batch is
+padded to its own longest caption, as the real collate does. Data
 loading is not timed: batches are made on the host and copied to the device before the clock starts.
 
 FLOP accounting (useful work only; padding is waste and shows up as lower MFU):
@@ -234,6 +236,28 @@ def sample_lengths(n: int, args, gen: torch.Generator) -> torch.Tensor:
     return lengths.round().clamp(MIN_CAPTION_TOKENS, MAX_CAPTION_TOKENS).long()
 
 
+class LengthBuckets:
+    """Caption lengths served batch by batch the way `altclip_train.data.batching.BatchPlan` cuts them:
+    sample `span` batches' worth of rows, sort them by length (longest first; a row of several captions by
+    its longest), cut batches, shuffle the batch order. `span` <= 1 samples every batch independently."""
+
+    def __init__(self, batch_size: int, columns: int, span: int, args):
+        self.batch_size, self.columns, self.span, self.args = batch_size, columns, span, args
+        self.ready: list[list[torch.Tensor]] = []
+
+    def draw(self, gen: torch.Generator) -> list[torch.Tensor]:
+        if self.span <= 1:
+            return [sample_lengths(self.batch_size, self.args, gen) for _ in range(self.columns)]
+        if not self.ready:
+            rows = self.batch_size * self.span
+            columns = [sample_lengths(rows, self.args, gen) for _ in range(self.columns)]
+            order = torch.argsort(torch.stack(columns).amax(dim=0), descending=True, stable=True)
+            columns = [column[order] for column in columns]
+            batches = [[column[i:i + self.batch_size] for column in columns] for i in range(0, rows, self.batch_size)]
+            self.ready = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+        return self.ready.pop()
+
+
 def token_ids(lengths: torch.Tensor, vocab_lo: int, vocab_hi: int, bos: int, eos: int, pad: int,
               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random ids shaped like tokenizer output: bos, body, eos, then pad up to the batch's longest."""
@@ -304,6 +328,7 @@ def setup_phase1(cfgs: Configs, args, device, live_teacher: bool):
             teacher.compile()
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, device)
+    buckets = LengthBuckets(args.batch_size, columns=2, span=args.bucket_span, args=args)
 
     def step(t: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast_context(args, device):
@@ -322,7 +347,7 @@ def setup_phase1(cfgs: Configs, args, device, live_teacher: bool):
 
     def make_batch(gen: torch.Generator) -> Batch:
         pairs = args.batch_size
-        english, translation = sample_lengths(pairs, args, gen), sample_lengths(pairs, args, gen)
+        english, translation = buckets.draw(gen)
         lengths = torch.cat([english, translation])
         ids, mask = student_ids(lengths, cfgs.student, gen)
         tensors = {"student_input_ids": ids, "student_attention_mask": mask}
@@ -360,6 +385,7 @@ def setup_phase2(cfgs: Configs, args, device, live_vision: bool):
     pixels = None
     if live_vision:
         pixels = torch.randn(args.batch_size, vcfg.num_channels, vcfg.image_size, vcfg.image_size, device=device)
+    buckets = LengthBuckets(args.batch_size, columns=1, span=args.bucket_span, args=args)
 
     def step(t: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast_context(args, device):
@@ -379,7 +405,7 @@ def setup_phase2(cfgs: Configs, args, device, live_vision: bool):
 
     def make_batch(gen: torch.Generator) -> Batch:
         pairs = args.batch_size
-        lengths = sample_lengths(pairs, args, gen)
+        (lengths,) = buckets.draw(gen)
         ids, mask = student_ids(lengths, cfgs.student, gen)
         tensors = {"input_ids": ids, "attention_mask": mask}
         flops = t_shape.flops(lengths, trained=True) + 4 * pairs * pairs * cfgs.projection_dim
@@ -613,6 +639,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--mean-tokens", type=float, default=24.0, help="mean caption length, specials included")
     parser.add_argument("--std-tokens", type=float, default=8.0, help="caption length spread (clipped to [4, 77])")
+    parser.add_argument("--bucket-span", type=int, default=64,
+                        help="batches sorted by length together, as the framework's data modules do (<= 1: no bucketing)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the towers (warmup absorbs compilation)")
     parser.add_argument("--tiny", action="store_true", help="2-layer 64-wide configs, 32 px images: a CPU smoke run")
     parser.add_argument("--dry-run", action="store_true",

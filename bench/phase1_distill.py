@@ -189,6 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--num-workers", type=int, default=0, help="framework data-loader workers")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps left out of the steady-state pairs/s")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for every recipe (1: see BENCHMARKS.md, 'shared cores')")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json-out", default=None)
     return parser.parse_args(argv)
@@ -197,16 +199,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_libraries()
-    import torch  # noqa: F401  (imported before the clock starts, like every library below)
+    import torch  # imported before the clock starts, like every library below
     import transformers  # noqa: F401
+
+    torch.set_num_threads(args.threads)
     from bench_assets import ensure_assets, load_manifest
 
     root = ensure_assets(args.assets)
     manifest = load_manifest(root)
+    import datasets  # noqa: F401
+    from transformers import CLIPTextModel, XLMRobertaModel  # noqa: F401  (resolve the lazy modules)
+
     if args.recipe == "sentence-transformers":
-        import sentence_transformers  # noqa: F401
+        import sentence_transformers.sentence_transformer.losses  # noqa: F401
+        import sentence_transformers.sentence_transformer.modules  # noqa: F401
     else:
+        import altclip_train.data.parallel  # noqa: F401
+        import altclip_train.tasks.distill  # noqa: F401
         import altclip_train.train  # noqa: F401
+        from transformers import AltCLIPTextModel  # noqa: F401
     padding = PaddingCounter(manifest["student_vocab"], STUDENT_PAD_ID)
     meter = RunMeter(warmup_steps=args.warmup_steps)
     with tempfile.TemporaryDirectory(prefix=f"bench-p1-{args.recipe}-") as tmp:

@@ -6,6 +6,7 @@ scheduler-variable path."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,56 @@ def test_submitit_local_launcher_runs_a_two_task_job_end_to_end(tiny_teacher, ti
     task_logs = "\n".join(p.read_text() for p in (run_dir / "sweep" / ".submitit").rglob("*_log.*"))
     for rank in (0, 1):
         assert f"distributed env from the scheduler: rank {rank} of 2" in task_logs, task_logs[-3000:]
+
+
+FAKE_SRUN = """#!/bin/sh
+# srun on one node: drop srun's own options, run the task as node 0 (signals reach it directly).
+while [ $# -gt 0 ]; do case "$1" in --*) shift ;; *) break ;; esac; done
+SLURM_NODEID=0 exec "$@"
+"""
+FAKE_SCONTROL = """#!/bin/sh
+case "$1" in
+    show) echo localhost ;;
+    requeue) echo "requeue $2" >> "$SCONTROL_LOG" ;;
+esac
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sbatch_template_turns_the_time_limit_signal_into_a_checkpoint_and_a_requeue(tiny_teacher, tiny_student,
+                                                                                    parallel_dir, tmp_path):
+    """scripts/slurm/multinode.sbatch on one 'node' of 2 gloo processes, with srun and scontrol faked:
+    USR1 to the batch script (what --signal=B:USR1@300 sends) reaches every worker through srun and
+    torchrun, the run checkpoints at a step boundary and stops, and the script requeues the job."""
+    import signal
+    import socket
+    import sys
+
+    from altclip_train.checkpoint import complete_checkpoints
+    from launching import REPO, run_env, start, wait_until
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (fake_bin / name).write_text(text)
+        (fake_bin / name).chmod(0o755)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = run_env(PATH=f"{fake_bin}:{Path(sys.executable).parent}:{os.environ['PATH']}", SLURM_JOB_ID="4242",
+                  SLURM_JOB_NODELIST="localhost", SLURM_NNODES="1", GPUS_PER_NODE="2", MASTER_PORT=str(port),
+                  ACCELERATE_CONFIG="configs/accelerate/ddp.yaml", SCONTROL_LOG=str(tmp_path / "scontrol.log"))
+    run_dir = tmp_path / "run"
+    overrides = distill_overrides(tiny_teacher, tiny_student, parallel_dir, run_dir, "trainer.max_steps=1000",
+                                  "trainer.save_every=0", "trainer.log_every=1", "trainer.eval_at_start=false",
+                                  "trainer.eval_every=0", "trainer.signal_check_every=1")
+    log = tmp_path / "job.log"
+    job = start(["bash", str(REPO / "scripts" / "slurm" / "multinode.sbatch"), "distill", *overrides], log, env)
+    wait_until(lambda: bool(train_losses(run_dir)), job, log, what="a first training step")
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=180) == 0, log_tail(log)
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n", log_tail(log)
+    [checkpoint] = complete_checkpoints(run_dir)
+    assert int(checkpoint.name.split("-")[1]) < 1000 and not (run_dir / "final").exists()
+    assert log.read_text().count("saving at step") >= 1

@@ -155,6 +155,32 @@ class ShardIndex:
         parents = pc.list_parent_indices(langs).to_numpy(zero_copy_only=False)
         return np.bincount(parents[keep.to_numpy(zero_copy_only=False)], minlength=self.num_rows)
 
+    def estimated_caption_tokens(self, tokenizer, languages: set[str] | None, sample: int = 1000,
+                                 seed: int = 0) -> np.ndarray:
+        """Per row, the mean token count of its captions in `languages` (0 when none), for length bucketing.
+
+        Tokenising every caption would cost minutes at LAION scale, so each caption's UTF-8 size is scaled
+        by its language's tokens-per-byte, measured on up to `sample` captions of that language.
+        """
+        texts, langs = self.table.column("texts"), self.table.column("langs")
+        parents = pc.list_parent_indices(texts).to_numpy(zero_copy_only=False)
+        flat_texts = pc.list_flatten(texts)
+        sizes = pc.binary_length(flat_texts).to_numpy(zero_copy_only=False).astype(np.float64)
+        encoded = pc.dictionary_encode(pc.list_flatten(langs)).combine_chunks()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        rng = np.random.default_rng(seed)
+        keep = np.zeros(len(sizes), dtype=bool)
+        for code, lang in enumerate(encoded.dictionary.to_pylist()):
+            if languages is not None and lang not in languages:
+                continue
+            where = np.flatnonzero(codes == code)
+            picked = rng.choice(where, size=min(sample, len(where)), replace=False)
+            tokens = tokenizer(flat_texts.take(pa.array(picked)).to_pylist())["input_ids"]
+            sizes[where] *= sum(len(ids) for ids in tokens) / max(sizes[picked].sum(), 1.0)
+            keep[where] = True
+        counts = np.bincount(parents[keep], minlength=self.num_rows)
+        return np.bincount(parents[keep], weights=sizes[keep], minlength=self.num_rows) / np.maximum(counts, 1)
+
     # ---------------------------------------------------------------- building and loading
     @staticmethod
     def describe(urls: Sequence[str], default_lang: str, verify_images: bool) -> tuple[str, dict]:

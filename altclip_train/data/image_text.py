@@ -169,7 +169,7 @@ class ImageTextData:
                  num_workers: int = 4, resampled: bool = False, shuffle_buffer: int = 1000,
                  samples_per_epoch: int | None = None, seed: int = 0, image_cache: bool = True,
                  cache_dir: str | None = None, cache_batch_size: int = 256, cache_dtype: str = "float32",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, bucket_by_length: bool = True):
         if image_cache and not image_model:
             raise ValueError("data.image_cache=true needs data.image_model (the checkpoint whose frozen image "
                              "side makes the cached embeddings)")
@@ -200,6 +200,7 @@ class ImageTextData:
         self.cache_batch_size = cache_batch_size
         self.cache_dtype = cache_dtype
         self.trust_remote_code = trust_remote_code
+        self.bucket_by_length = bucket_by_length
         self.skipped: Counter = Counter()
 
     # ---------------------------------------------------------------- setup
@@ -248,9 +249,12 @@ class ImageTextData:
         if not len(rows):
             raise ValueError(f"no usable image-text pair in {self.shards} (skipped: {dict(self.skipped) or 'none'})")
         weight = self.samples_per_epoch / len(rows) if self.samples_per_epoch else 1.0
-        self.plan = BatchPlan(lengths=np.zeros(cache.index.num_rows, dtype=np.int64), groups=[rows],
-                              weights=[weight], global_batch_size=self.batch_size, seed=self.seed,
-                              bucket_by_length=False)
+        # Batches pad to their longest caption, so grouping images whose captions have similar lengths
+        # (estimated: the caption itself is drawn per epoch) cuts the text tower's padded tokens.
+        lengths = (cache.index.estimated_caption_tokens(self.tokenizer, self.languages, seed=self.seed)
+                   if self.bucket_by_length else np.zeros(cache.index.num_rows))
+        self.plan = BatchPlan(lengths=lengths, groups=[rows], weights=[weight], global_batch_size=self.batch_size, seed=self.seed,
+                              bucket_by_length=self.bucket_by_length)
         if self.plan.num_batches(0) == 0:
             raise ValueError(f"{len(rows)} usable pairs are fewer than data.batch_size={self.batch_size}")
         captions = CaptionBatcher(cache.index, self.tokenizer, self.max_length, self.languages, self.seed)

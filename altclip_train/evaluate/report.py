@@ -97,7 +97,9 @@ def plot_comparison(results: Results, path: str | Path) -> Path:
         axis.set_ylabel(label)
         axis.set_ylim(0, 100)
         axis.grid(axis="y", alpha=0.3)
-        axis.legend(fontsize="small", ncols=min(len(models), 4))
+        # Below the axes: above them it would cover the bars, which reach 100%.
+        axis.legend(fontsize="small", ncols=min(len(models), 4), loc="upper center", bbox_to_anchor=(0.5, -0.12),
+                    frameon=False)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)
