@@ -93,12 +93,19 @@ def load_checkpoint(accelerator, path: Path) -> TrainState:
     return state
 
 
-def full_state_dict(accelerator, model) -> dict:
+def frozen_weights(model) -> dict:
+    """CPU copies of the frozen parameters, taken before `prepare`: DeepSpeed casts the whole module to
+    bf16/fp16 and keeps fp32 masters only for what it trains, so the export takes frozen ones from here."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if not p.requires_grad}
+
+
+def full_state_dict(accelerator, model, frozen: dict | None = None) -> dict:
     """The whole model's weights for export, unsharded and in full precision. Collective.
 
     Plain runs take Accelerate's state dict. Under DeepSpeed the module may hold bf16 copies
     (and, with ZeRO-3, only this rank's shard), so trained weights come from the optimizer's fp32
-    masters and frozen ones are gathered as they are; export then matches a one-process run.
+    masters and frozen ones from `frozen` (see `frozen_weights`), else gathered as they are; export
+    then matches a one-process run.
     """
     if accelerator.state.deepspeed_plugin is None:
         return accelerator.get_state_dict(model)
@@ -106,6 +113,7 @@ def full_state_dict(accelerator, model) -> dict:
     from deepspeed import zero
     from deepspeed.utils import safe_get_full_fp32_param
 
+    frozen = frozen or {}
     module = accelerator.unwrap_model(model)
     params = dict(module.named_parameters(remove_duplicate=False))
     state = {}
@@ -113,6 +121,9 @@ def full_state_dict(accelerator, model) -> dict:
         param = params.get(name)
         if param is None:
             state[name] = value.detach().cpu().clone()  # buffers are never partitioned
+            continue
+        if name in frozen:
+            state[name] = frozen[name].to(torch.float32)
             continue
         # Every rank walks the same names in the same order: both calls below are collectives.
         full = safe_get_full_fp32_param(param) if param.requires_grad else None

@@ -78,6 +78,14 @@ def run_hydra_command(command: str, overrides: list[str]) -> None:
     function = command_function(command)
 
     def app(cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN and "run_dir" in cfg:
+            # Each sweep job gets its own run dir (<run_dir>/sweep/<n>), so jobs never resume each
+            # other's checkpoints, while a requeued job still finds its own.
+            cfg.run_dir = hydra_cfg.runtime.output_dir
         report_user_errors(function, cfg)
 
     sys.argv = [f"altclip-train {command}", *overrides, *search_path_overrides(command)]

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from altclip_train.config_schema import validate
 from altclip_train.distributed import apply_scheduler_env
-from altclip_train.checkpoint import TrainState, full_state_dict, load_checkpoint, resolve_resume, save_checkpoint
+from altclip_train.checkpoint import (TrainState, frozen_weights, full_state_dict, load_checkpoint, resolve_resume,
+                                      save_checkpoint)
 from altclip_train.tracking import MetricsLog, flat_config, tracker_init_kwargs
 
 log = logging.getLogger("altclip_train")
@@ -159,6 +160,7 @@ def train(cfg: DictConfig) -> Path:
     data = instantiate(cfg.data, _convert_="all")
     data.setup(accelerator)
     optimizer = build_optimizer(task, cfg.optim)
+    frozen = frozen_weights(task) if accelerator.state.deepspeed_plugin is not None else None
     task, optimizer = accelerator.prepare(task, optimizer)
     core = accelerator.unwrap_model(task)
 
@@ -264,7 +266,7 @@ def train(cfg: DictConfig) -> Path:
     final_metrics = evaluate()
     if cfg.trainer.save_every and state.step % cfg.trainer.save_every:
         checkpoint()
-    full_state = full_state_dict(accelerator, task)
+    full_state = full_state_dict(accelerator, task, frozen)
     final_dir = run_dir / "final"
     skipped = total_skips(accelerator, skipped, data.skipped)
     if accelerator.is_main_process:

@@ -9,8 +9,12 @@ any of their code. From those timestamps and the run's start:
   pairs_per_s  steady-state training throughput: pairs in steps (warmup+1 .. last) / their wall time
                (the first `warmup` steps pay one-off allocation and are left out)
   peak_rss_mib the largest resident set of the process tree (main process + data-loader workers),
-               sampled every 20 ms, and at least the main process's own getrusage peak;
+               sampled every 50 ms, and at least the main process's own getrusage peak;
                rss_at_start_mib is the process after its imports (the libraries' share of the peak)
+  pairs_per_cpu_s / e2e_cpu_s  the same two figures in CPU seconds of the process tree (main process
+               plus live data-loader workers) instead of wall seconds. On a machine whose cores other
+               jobs share, wall time also counts waiting for a core; CPU time counts only the work,
+               so ratios of these stay put when the load around them changes.
 
 Imports happen before `start()`: they cost the same for every recipe and say nothing about training.
 """
@@ -29,12 +33,13 @@ from pathlib import Path
 
 
 class RunMeter:
-    def __init__(self, warmup_steps: int = 3, sample_every_s: float = 0.02):
+    def __init__(self, warmup_steps: int = 3, sample_every_s: float = 0.05):
         import torch.optim.optimizer as optimizer_module
 
         self.warmup_steps = warmup_steps
         self.sample_every_s = sample_every_s
         self.step_times: list[float] = []
+        self.step_cpu: list[float] = []
         self.marks: dict[str, float] = {}
         self.start_time = self.end_time = None
         self._peak_tree = 0
@@ -44,15 +49,20 @@ class RunMeter:
 
     def _on_step(self, optimizer, args, kwargs) -> None:
         self.step_times.append(time.perf_counter())
+        self.step_cpu.append(tree_cpu_seconds())
 
     def _sample_tree(self) -> None:
         import psutil
 
         me = psutil.Process()
+        children, samples = [], 0
         while not self._stop.is_set():
             try:
+                if samples % 10 == 0:  # listing children scans /proc: cheap now and then, not every sample
+                    children = me.children(recursive=True)
+                samples += 1
                 total = me.memory_info().rss
-                for child in me.children(recursive=True):
+                for child in children:
                     try:
                         total += child.memory_info().rss
                     except psutil.Error:
@@ -66,6 +76,7 @@ class RunMeter:
         import psutil
 
         self.rss_at_start = psutil.Process().memory_info().rss
+        self.start_cpu = tree_cpu_seconds()
         self.start_time = time.perf_counter()
         self._sampler = threading.Thread(target=self._sample_tree, daemon=True)
         self._sampler.start()
@@ -76,6 +87,7 @@ class RunMeter:
 
     def finish(self) -> None:
         self.end_time = time.perf_counter()
+        self.end_cpu = tree_cpu_seconds()
         self._stop.set()
         self._sampler.join()
         self._hook.remove()
@@ -93,14 +105,31 @@ class RunMeter:
             "pairs_per_step": pairs_per_step,
             "pairs_trained": steps * pairs_per_step,
             "pairs_per_s": timed_steps * pairs_per_step / (last - first),
+            "pairs_per_cpu_s": timed_steps * pairs_per_step / (self.step_cpu[-1] - self.step_cpu[self.warmup_steps]),
             "median_step_s": sorted(step_gaps)[len(step_gaps) // 2],
             "setup_s": self.step_times[0] - self.start_time,
             "train_s": self.step_times[-1] - self.step_times[0],
             "e2e_s": self.end_time - self.start_time,
+            "e2e_cpu_s": self.end_cpu - self.start_cpu,
             "peak_rss_mib": max(self._peak_tree, own_peak_kib * 1024) / 2**20,
             "rss_at_start_mib": self.rss_at_start / 2**20,
             **{f"{name}_s": value for name, value in self.marks.items()},
         }
+
+
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process, its finished children and its live ones (data-loader workers)."""
+    import psutil
+
+    me = psutil.Process()
+    times = me.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 
 
 def machine() -> dict:

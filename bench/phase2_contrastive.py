@@ -57,7 +57,7 @@ def framework_config(root: Path, workdir: Path, args):
         "trainer.save_every=0", "trainer.log_every=10",
         "optim.lr=1e-4", "optim.weight_decay=0.05", "optim.warmup_steps=2", "optim.grad_clip=5.0",
         f"seed={args.seed}",
-    ]
+    ] + (["data.bucket_by_length=false"] if args.no_bucketing else [])
     return compose_config("contrastive", overrides), overrides
 
 
@@ -141,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="data-loader workers, both recipes (1: image decoding beside a 1-thread model)")
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the steady-state pairs/s")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every recipe")
+    parser.add_argument("--no-bucketing", action="store_true",
+                        help="framework: batches without length bucketing (what bucketing buys, for BENCHMARKS.md)")
     parser.add_argument("--cache-dir", default=None,
                         help="framework: image-cache dir kept after the run (default: a fresh one, removed after), "
                              "so a second run with the same dir measures a warm cache")

@@ -100,3 +100,17 @@ def test_bad_input_inside_a_run_is_one_line(tiny_teacher, tiny_student, tmp_path
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"altclip-train: error: corpus file not found: {tmp_path}/missing.tsv"
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_sweep_jobs_get_their_own_run_dirs(tiny_teacher, tiny_student, parallel_dir, tmp_path):
+    from conftest import distill_overrides
+
+    overrides = distill_overrides(tiny_teacher, tiny_student, parallel_dir, tmp_path / "run", "trainer.max_steps=2",
+                                  "trainer.save_every=0", "trainer.eval_at_start=false")
+    result = cli("distill", "-m", *overrides, "optim.lr=1e-3,1e-4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for job, lr in ((0, 0.001), (1, 0.0001)):
+        run = tmp_path / "run" / "sweep" / str(job)
+        assert (run / "final" / "model.safetensors").is_file()
+        assert OmegaConf.load(run / "config.yaml").optim.lr == lr

@@ -92,5 +92,12 @@ def test_zero_run_completes_resumes_and_exports_full_weights(phase, stage, resum
     for name, value in reference.items():
         assert (exported[name].dtype, exported[name].shape) == (value.dtype, value.shape), name
     assert train_losses(run_dir)[STEPS] == pytest.approx(train_losses(reference_dir)[STEPS], rel=1e-4)
+    if phase == "contrastive":  # the frozen image side leaves exactly as the teacher's
+        from transformers import AltCLIPModel, CLIPModel
+
+        teacher, model = CLIPModel.from_pretrained(inputs["teacher"]), AltCLIPModel.from_pretrained(run_dir / "final")
+        for tower in ("vision_model", "visual_projection"):
+            ours, theirs = getattr(model, tower).state_dict(), getattr(teacher, tower).state_dict()
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), tower
     torch.testing.assert_close(exported_outputs(run_dir / "final"), exported_outputs(reference_dir / "final"),
                                rtol=1e-3, atol=1e-3)
