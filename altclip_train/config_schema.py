@@ -37,6 +37,7 @@ class TrainerSchema:
     keep_last: Optional[int] = 3
     resume: Optional[str] = "auto"
     signal_check_every: int = 10
+    cpu_threads: Any = "auto"
 
 
 SCHEDULES = ("cosine", "linear", "constant")
