@@ -12,7 +12,7 @@ Recipes (same shards, image size, text tower initialisation, batch of 64 pairs, 
              77-token context, as open_clip always does.
 
 How open_clip's model matches ours. It is a `CustomTextCLIP` from a model config written here: vision
-`VisionTransformer` with the teacher's ViT shape (4 layers, width 128, 64-wide heads, mlp 512, 128 px,
+`VisionTransformer` with the teacher's ViT shape (4 layers, width 128, 64-wide heads, mlp 512, 112 px,
 8 px patches, quick_gelu, projection 96), text `HFTextEncoder` on the same XLM-R checkpoint the phase-1
 student was built from, pooled at <s> (`cls_last_hidden_state_pooler`) with a linear projection to 96.
 Same shapes, so the same FLOPs per pair; the differences are open_clip's own modules: its ViT runs
