@@ -33,6 +33,8 @@ from pathlib import Path
 
 
 class RunMeter:
+    """Clocks one run: `start()` after the imports, `finish()` once the model is written, then `summary()`."""
+
     def __init__(self, warmup_steps: int = 3, sample_every_s: float = 0.05):
         import torch.optim.optimizer as optimizer_module
 

@@ -42,7 +42,7 @@ PHASES = {
 LABELS = {
     ("1", "framework"): "altclip-train distill (teacher cache, bucketing, per-batch padding)",
     ("1", "sentence-transformers"): "sentence-transformers make_multilingual (MSELoss, SentenceTransformerTrainer)",
-    ("1", "naive"): "naive: live teacher every step, captions padded to 77",
+    ("1", "naive"): "live teacher every step, captions padded to 77",
     ("2", "framework"): "altclip-train contrastive, image cache built in the run (cold)",
     ("2", "framework-warm"): "altclip-train contrastive, image cache from the previous run (warm)",
     ("2", "openclip"): "open_clip_train --lock-image (decode + frozen ViT every step)",
