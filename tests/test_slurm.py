@@ -154,8 +154,9 @@ def test_submitit_local_launcher_runs_a_two_task_job_end_to_end(tiny_teacher, ti
                                "trainer.eval_every=0")]
     log = tmp_path / "launch.log"
     run(cli_command("distill", args), log)
-    assert (run_dir / "final" / "model.safetensors").is_file(), log_tail(log)
-    assert sorted(train_losses(run_dir)) == [2, 4, 6]
+    job_dir = run_dir / "sweep" / "0"  # a -m job trains in its own sweep dir
+    assert (job_dir / "final" / "model.safetensors").is_file(), log_tail(log)
+    assert sorted(train_losses(job_dir)) == [2, 4, 6]
     task_logs = "\n".join(p.read_text() for p in (run_dir / "sweep" / ".submitit").rglob("*_log.*"))
     for rank in (0, 1):
         assert f"distributed env from the scheduler: rank {rank} of 2" in task_logs, task_logs[-3000:]
