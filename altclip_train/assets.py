@@ -27,13 +27,19 @@ def tiny_asset(name: str) -> str:
     if name not in NAMES:
         raise ValueError(f"unknown tiny asset '{name}'; choose one of {', '.join(NAMES)}")
     root = cache_root() / ASSET_VERSION
-    if not (root / "COMPLETE").exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        with open(root.parent / f".{ASSET_VERSION}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (root / "COMPLETE").exists():
-                _build(root)
+    build_once(root, root / "COMPLETE", _build)
     return str(root / name)
+
+
+def build_once(root: Path, marker: Path, build) -> Path:
+    """Run `build(root)` unless `marker` exists, under a file lock so concurrent callers wait and reuse."""
+    if not marker.exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with open(root.parent / f".{root.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not marker.exists():
+                build(root)
+    return root
 
 
 def _build(root: Path) -> None:

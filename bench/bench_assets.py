@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import io
 import json
 import os
@@ -178,14 +177,10 @@ def describe(root: Path, teacher: str = "teacher", student: str = "student") -> 
 
 def ensure_assets(root: str | Path | None = None) -> Path:
     """The assets directory, built on first use under a file lock (concurrent runs wait, then reuse it)."""
+    from altclip_train.assets import build_once
+
     root = Path(root) if root else default_root()
-    if not (root / "manifest.json").is_file():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        with open(root.parent / f".{root.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (root / "manifest.json").is_file():
-                build(root)
-    return root
+    return build_once(root, root / "manifest.json", build)
 
 
 def load_manifest(root: Path) -> dict:
