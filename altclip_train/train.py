@@ -197,8 +197,9 @@ def train(cfg: DictConfig) -> Path:
 
     def evaluate() -> dict[str, float]:
         core.eval()
-        val = data.val_batches()
-        metrics = core.evaluate((to_device(b, accelerator.device) for b in val), accelerator) if val else {}
+        # Tasks evaluate even without held-out batches (phase 2 may only have a zero-shot evaluator).
+        val = data.val_batches() or ()
+        metrics = core.evaluate((to_device(b, accelerator.device) for b in val), accelerator)
         core.train()
         if metrics:
             metrics_log.log(metrics, state.step)

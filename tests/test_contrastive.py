@@ -128,3 +128,24 @@ def test_teacher_whose_text_width_differs_from_the_students_project_dim(phase1_d
     other = build_tiny_clip(tmp_path / "wide", SAMPLE_SENTENCES, hidden=32, heads=2)
     with pytest.raises(ValueError, match="text width 32 but student .* has project_dim 64"):
         assemble_altclip(str(other), str(phase1_dir))
+
+
+def test_zero_shot_evaluator_runs_during_training_without_validation_shards(tiny_teacher, phase1_dir, pair_shards,
+                                                                           tmp_path):
+    classes = tmp_path / "classes"
+    for lang in ("en", "zh"):
+        (classes / "names").mkdir(parents=True, exist_ok=True)
+        (classes / "names" / f"{lang}.txt").write_text("\n".join(SAMPLE_CAPTIONS[lang][:2]) + "\n")
+    for label in range(2):
+        (classes / "images" / str(label)).mkdir(parents=True)
+        for i in range(2):
+            Image.open(pair_shards.parent / f"{label * 2 + i}.png").save(classes / "images" / str(label) / f"{i}.png")
+    evaluator = ("model.evaluator={_target_: altclip_train.evaluate.zeroshot.ZeroShotEvaluator, "
+                 f"image_source: '{classes / 'images'}', classnames_dir: '{classes / 'names'}', templates_dir: null, "
+                 "languages: [en, zh], transform: {_target_: altclip_train.data.images.ClipImageTransform.from_pretrained, "
+                 f"name_or_path: '{tiny_teacher}'}}, tokenizer: {{_target_: transformers.AutoTokenizer.from_pretrained, "
+                 f"pretrained_model_name_or_path: '{phase1_dir}'}}}}")
+    run_contrastive(*contrastive_overrides(tiny_teacher, phase1_dir, pair_shards, tmp_path / "run",
+                                           "trainer.eval_every=3", "trainer.eval_at_start=true"), evaluator)
+    steps = [m["step"] for m in read_metrics(tmp_path / "run") if "eval/zeroshot_top1/zh" in m]
+    assert steps == [0, 3, 6]
