@@ -358,6 +358,9 @@ class PreprocessedImages:
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_keep_list,
+            # A private generator: evaluating during training must not draw from the global RNG,
+            # or it would change the training run's dropout masks.
+            generator=torch.Generator().manual_seed(0),
         )
         skipped: Counter = Counter()
         kept = []
