@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,6 +17,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from altclip_train.models.tiny import SAMPLE_CAPTIONS, SAMPLE_SENTENCES, build_tiny_clip, build_tiny_xlmr  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class FakeAccelerator:
+    """What data modules read from an Accelerator, for simulating ranks in one process."""
+
+    process_index: int = 0
+    num_processes: int = 1
+    gradient_accumulation_steps: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_local_main_process(self) -> bool:
+        return self.process_index == 0
+
+    def wait_for_everyone(self) -> None:
+        pass
 
 
 @pytest.fixture(scope="session", autouse=True)

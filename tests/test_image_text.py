@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -30,24 +29,10 @@ from altclip_train.data.images import ClipImageTransform
 from altclip_train.data.prepare_wds import prepare_wds
 from altclip_train.models.tiny import SAMPLE_CAPTIONS, SAMPLE_SENTENCES, build_tiny_clip
 from altclip_train.tasks.contrastive import ContrastiveTask
+from conftest import FakeAccelerator
 
 NUM_IMAGES = 8
 LANGS = ("en", "zh")
-
-
-@dataclass
-class FakeAccelerator:
-    process_index: int = 0
-    num_processes: int = 1
-    gradient_accumulation_steps: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_local_main_process(self) -> bool:
-        return self.process_index == 0
-
-    def wait_for_everyone(self) -> None:
-        pass
 
 
 def png_bytes(seed: int, size=(40, 36)) -> bytes:

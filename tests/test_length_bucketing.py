@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
@@ -18,20 +16,9 @@ from altclip_train.data.image_text import ImageTextData
 from altclip_train.data.parallel import ParallelTextData
 from altclip_train.data.prepare_wds import prepare_wds
 from altclip_train.models.tiny import SAMPLE_CAPTIONS
+from conftest import FakeAccelerator
 
 NUM_IMAGES = 24
-
-
-@dataclass
-class OneProcess:
-    process_index: int = 0
-    num_processes: int = 1
-    gradient_accumulation_steps: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    is_local_main_process: bool = True
-
-    def wait_for_everyone(self) -> None:
-        pass
 
 
 def caption(i: int, lang: str) -> str:
@@ -91,7 +78,7 @@ def test_cached_batches_bucketed_by_length_pad_less_and_still_cover_every_image_
         module = ImageTextData(shards=shards, tokenizer=str(tiny_teacher), image_processor=str(tiny_teacher),
                                image_model=str(tiny_teacher), batch_size=4, num_workers=0, seed=1,
                                cache_dir=str(tmp_path), cache_batch_size=8, bucket_by_length=bucket)
-        module.setup(OneProcess())
+        module.setup(FakeAccelerator())
         return module
 
     bucketed_padded, bucketed_real, bucketed = padded_and_real_tokens(data(True))
@@ -106,7 +93,7 @@ def test_pad_to_max_length_pads_student_and_teacher_to_their_max_lengths(paralle
     data = ParallelTextData(corpora=corpora, languages=["en", "zh", "fr"], batch_size=8, student=str(tiny_student),
                             teacher=str(tiny_teacher), student_max_length=40, teacher_max_length=30,
                             teacher_cache=False, val_size=0, num_workers=0, pad_to_max_length=True)
-    data.setup(OneProcess())
+    data.setup(FakeAccelerator())
     batch = next(iter(data.train_batches(epoch=0)))
     assert batch["student_input_ids"].shape == (16, 40) and batch["teacher_input_ids"].shape == (8, 30)
     assert 0 < int(batch["student_attention_mask"].sum()) < 16 * 40

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from altclip_train.data.batching import BatchPlan, rank_slice
 from altclip_train.data.parallel import CorpusSpec, ParallelTextData, load_corpus
 from altclip_train.models.teacher import TeacherTextEncoder
+from conftest import FakeAccelerator
 
-FAKE_ACCELERATOR = SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu"),
-                                   is_local_main_process=True, gradient_accumulation_steps=1,
-                                   wait_for_everyone=lambda: None)
+FAKE_ACCELERATOR = FakeAccelerator()
 
 
 def make_data(teacher, student, corpora, cache_dir, **kwargs):
