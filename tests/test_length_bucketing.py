@@ -47,7 +47,7 @@ def shards(tmp_path_factory) -> str:
 
 
 def test_estimated_tokens_match_each_languages_total_and_skip_other_languages(shards, tiny_teacher, tmp_path):
-    from altclip_train.data.webdataset import expand_shard_urls
+    from altclip_train.data.shards import expand_shard_urls
 
     index = ShardIndex.load_or_build(expand_shard_urls(shards), tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)

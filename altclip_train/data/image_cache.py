@@ -46,13 +46,8 @@ from tqdm.auto import tqdm
 from altclip_train.data import embedding_cache
 from altclip_train.data.embedding_cache import EmbeddingCache, file_sha256, hash_strings
 from altclip_train.data.images import BadImageError, ClipImageTransform, decode_image
-from altclip_train.data.webdataset import (
-    _is_remote,
-    _local_path,
-    expand_shard_urls,
-    iter_image_text_records,
-    normalize_lang,
-)
+from altclip_train.data.shards import default_cache_dir, expand_shard_urls, shard_fingerprints
+from altclip_train.data.webdataset import iter_image_text_records, normalize_lang
 
 log = logging.getLogger(__name__)
 
@@ -62,32 +57,6 @@ EMBEDDING_TARGET = "clip-image-projected-v1"
 INDEX_SCHEMA = pa.schema([("key", pa.string()), ("langs", pa.list_(pa.string())), ("texts", pa.list_(pa.string()))])
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _CORRUPT_WARNINGS = 20
-
-
-# --------------------------------------------------------------------------------------- shard identity
-def shard_fingerprints(urls: Sequence[str]) -> list[list]:
-    """[url, size, mtime_ns] per shard: local shards by resolved path and stat, remote ones by url alone."""
-    prints = []
-    for url in urls:
-        if _is_remote(url):
-            prints.append([url, None, None])
-            continue
-        path = Path(_local_path(url)).resolve()
-        stat = path.stat()
-        prints.append([str(path), stat.st_size, stat.st_mtime_ns])
-    return prints
-
-
-def default_cache_dir(urls: Sequence[str]) -> Path:
-    """`<dir of the first local shard>/.altclip_cache` when that dir is writable, else the user cache."""
-    for url in urls:
-        if not _is_remote(url):
-            data_dir = Path(_local_path(url)).resolve().parent
-            if os.access(data_dir, os.W_OK):
-                return data_dir / ".altclip_cache"
-            log.warning("shard directory %s is not writable; keeping the image cache in the user cache", data_dir)
-            break
-    return Path(os.environ.get("ALTCLIP_CACHE_DIR", "~/.cache/altclip_train")).expanduser()
 
 
 def _digest(payload) -> str:

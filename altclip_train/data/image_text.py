@@ -38,23 +38,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 
 from altclip_train.data.batching import BatchPlan, rank_slice
-from altclip_train.data.image_cache import (
-    IndexedImages,
-    ShardIndex,
-    default_cache_dir,
-    load_or_build_image_cache,
-)
+from altclip_train.data.image_cache import IndexedImages, ShardIndex, load_or_build_image_cache
 from altclip_train.data.images import ClipImageTransform
-from altclip_train.data.parallel import pad_batch
-from altclip_train.data.webdataset import (
-    ImageTextWebDataset,
-    _is_remote,
-    _local_path,
-    check_shard_count,
-    collate_image_text,
-    expand_shard_urls,
-    normalize_lang,
-)
+from altclip_train.data.loading import make_loader, pad_batch
+from altclip_train.data.shards import default_cache_dir, expand_shard_urls, is_remote, local_path, manifest_sample_count
+from altclip_train.data.webdataset import ImageTextWebDataset, check_shard_count, collate_image_text, normalize_lang
 
 log = logging.getLogger(__name__)
 
@@ -137,26 +125,6 @@ def eval_chunks(rows: np.ndarray, batch_size: int, world_size: int) -> list[np.n
         return [rows[start:start + size] for start in range(0, len(rows) - size + 1, size)]
     usable = len(rows) - len(rows) % world_size
     return [rows[:usable]] if usable else []
-
-
-def manifest_sample_count(urls: list[str]) -> int | None:
-    """Samples in `urls` according to the prepare-wds `manifest.json` beside them; None if any shard is unlisted."""
-    manifests: dict[Path, dict[str, int]] = {}
-    total = 0
-    for url in urls:
-        if _is_remote(url):
-            return None
-        path = Path(_local_path(url))
-        if path.parent not in manifests:
-            try:
-                manifest = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
-                manifests[path.parent] = {shard["name"]: int(shard["samples"]) for shard in manifest["shards"]}
-            except (OSError, ValueError, KeyError, TypeError):
-                manifests[path.parent] = {}
-        if path.name not in manifests[path.parent]:
-            return None
-        total += manifests[path.parent][path.name]
-    return total
 
 
 # --------------------------------------------------------------------------------------- the data module

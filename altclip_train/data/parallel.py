@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset as TorchDataset
 
 from altclip_train.data.batching import BatchPlan, padded_rank_slice, rank_slice
 from altclip_train.data.embedding_cache import EmbeddingCache, hash_strings
+from altclip_train.data.loading import pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +176,6 @@ class PairRows(TorchDataset):
             batch["teacher_input_ids"], batch["teacher_attention_mask"] = pad_batch(
                 [self.teacher_tokens[r] for r in rows], self.teacher_pad_id, self.teacher_width)
         return batch
-
-
-def pad_batch(sequences: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence of this batch only (or to a fixed `width`)."""
-    width = width or max(len(seq) for seq in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        mask[i, :len(seq)] = 1
-    return ids, mask
 
 
 class ParallelTextData:

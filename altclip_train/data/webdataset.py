@@ -40,6 +40,7 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from altclip_train.data.images import BadImageError, ClipImageTransform, decode_image
+from altclip_train.data.shards import expand_shard_urls, is_remote, local_path
 
 logger = logging.getLogger(__name__)
 
@@ -48,58 +49,10 @@ CAPTION_CHOICES = ("random", "first")
 
 # A per-language caption file is `KEY.<lang>.txt`; webdataset hands it to us under the suffix `<lang>.txt`.
 _LANG_TXT_SUFFIX = re.compile(r"([a-z]{2,3}(?:[-_][a-z0-9]+)?)\.txt")
-_URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
-_GLOB_CHARS = re.compile(r"[*?\[]")
 _warned_uneven: set[tuple[int, int]] = set()
 
 
 # ---------------------------------------------------------------------------------------------- shard lists
-
-
-def _is_remote(spec: str) -> bool:
-    match = _URL_SCHEME.match(spec)
-    return match is not None and match.group(1).lower() != "file"
-
-
-def _local_path(spec: str) -> str:
-    if spec.lower().startswith("file:"):
-        spec = url2pathname(urlparse(spec).path)
-    return os.path.expanduser(spec)
-
-
-def expand_shard_urls(spec: str | Iterable[str]) -> list[str]:
-    """Turn a shard spec into the list of shard urls, in order.
-
-    Accepts brace ranges (`shards-{00000..00009}.tar`), local globs, a directory (its `*.tar` files),
-    `::`-joined specs and lists of any of these. Remote urls (`http(s)://`, `s3://`, `pipe:`, ...) are
-    brace-expanded and passed through unchecked; every local entry must match at least one file.
-    """
-    parts = spec.split("::") if isinstance(spec, str) else [str(item) for item in spec]
-    urls: list[str] = []
-    for part in parts:
-        part = part.strip()
-        if not part:
-            continue
-        if not isinstance(spec, str) and "::" in part:
-            urls.extend(expand_shard_urls(part))
-            continue
-        if _is_remote(part):
-            urls.extend(braceexpand.braceexpand(part))
-            continue
-        for pattern in braceexpand.braceexpand(_local_path(part)):
-            if _GLOB_CHARS.search(pattern):
-                matches = sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
-            elif os.path.isdir(pattern):
-                matches = sorted(glob.glob(os.path.join(glob.escape(pattern), "*.tar")))
-            else:
-                matches = [pattern] if os.path.isfile(pattern) else []
-            if not matches:
-                origin = "" if pattern == part else f" (from '{part}')"
-                raise FileNotFoundError(f"no shards match '{pattern}'{origin}")
-            urls.extend(matches)
-    if not urls:
-        raise FileNotFoundError(f"no shards match '{spec}'")
-    return urls
 
 
 def check_shard_count(n_shards: int, world_size: int, num_workers: int, resampled: bool) -> None:

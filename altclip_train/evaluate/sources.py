@@ -22,7 +22,8 @@ from webdataset.tariterators import tarfile_samples
 
 from altclip_train.data.images import BadImageError, ClipImageTransform, decode_image, load_image_file
 from altclip_train.data.webdataset import IMAGE_EXTENSIONS as SHARD_IMAGE_EXTENSIONS
-from altclip_train.data.webdataset import expand_shard_urls, iter_image_text_records, normalize_lang
+from altclip_train.data.shards import expand_shard_urls
+from altclip_train.data.webdataset import iter_image_text_records, normalize_lang
 
 logger = logging.getLogger(__name__)
 
