@@ -44,6 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
+# As in every bench entry point: the benchmark venv has no altclip_train installed.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the working tree's altclip_train
+
 ASSETS_VERSION = "bench-v3"
 LANGUAGES = ("en", "zh", "es", "fr", "ru", "ja", "ko", "ar", "it")
 SENTENCES_PER_CAPTION = (1, 2, 3, 4)

@@ -31,6 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the working tree's altclip_train
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PHASES = {
@@ -138,6 +141,15 @@ def run_phase(runner: Runner, phase: str, repeats: int) -> dict[str, list[dict |
     return results
 
 
+def build_assets(python: Path, threads: int, commands: list[str]) -> None:
+    """bench_assets.py in the benchmark venv, which does not have altclip_train installed (the script puts
+    the working tree on sys.path itself, as every bench entry point does)."""
+    command = [str(python), str(BENCH / "bench_assets.py")]
+    commands.append(shlex.join(command))
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+                   env=child_env(threads, tempfile.gettempdir()))
+
+
 # ----------------------------------------------------------------------------- aggregation
 def spread(values: list[float]) -> dict | None:
     values = [v for v in values if v is not None]
@@ -224,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(python, out, args.threads)
 
     print("building (or reusing) the benchmark assets", flush=True)
-    runner.commands.append(shlex.join([str(python), str(BENCH / "bench_assets.py")]))
-    subprocess.run([str(python), str(BENCH / "bench_assets.py")], cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                   env=child_env(args.threads, tempfile.gettempdir()))
+    build_assets(python, args.threads, runner.commands)
 
     summaries = []
     for phase in args.phases:
