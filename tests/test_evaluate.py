@@ -272,7 +272,7 @@ def tiny_altclip(tmp_path_factory, tiny_clip):
 
     out = tmp_path_factory.mktemp("altclip")
     texts = [fill for lang in CLASS_NAMES for name in CLASS_NAMES[lang] for fill in (name, *TEMPLATES[lang])]
-    tokenizer = train_xlmr_tokenizer(texts + ["a dog", "un chien", "a cat", "un chat"], out, vocab_size=200)
+    tokenizer = train_xlmr_tokenizer(texts + ["a dog", "un chien", "a cat", "un chat"], out, vocab_size=300)
     vision = CLIPConfig.from_pretrained(tiny_clip).vision_config.to_dict()
     config = AltCLIPConfig(
         text_config=dict(

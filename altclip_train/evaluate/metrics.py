@@ -64,6 +64,21 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     return {k: hit_rates(ranks, [min(k, num_classes)])[min(k, num_classes)] for k in ks}
 
 
+def mean_per_class_recall(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Recall of each class present in `labels`, averaged over those classes, in percent.
+
+    This is scikit-learn's `balanced_accuracy_score`, which CLIP_benchmark reports as
+    `mean_per_class_recall`: every class weighs the same however many images it has.
+    """
+    if labels.numel() == 0:
+        raise ValueError("no labels to score")
+    classes, inverse = torch.unique(labels, return_inverse=True)
+    correct = (predictions == labels).double()
+    hits = torch.zeros(len(classes), dtype=torch.double).index_add_(0, inverse, correct)
+    counts = torch.bincount(inverse, minlength=len(classes)).double()
+    return 100.0 * (hits / counts).mean().item()
+
+
 def recall_at_k(
     query_embeds: torch.Tensor,
     candidate_embeds: torch.Tensor,

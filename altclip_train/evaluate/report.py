@@ -14,6 +14,9 @@ from altclip_train.evaluate.metrics import flatten_task
 TASK_TITLES = {"zeroshot": "Zero-shot classification (accuracy, %)", "retrieval": "Image-text retrieval (recall, %)"}
 # The one number per task the chart shows.
 HEADLINE = {"zeroshot": ("top1", "zero-shot top-1 (%)"), "retrieval": ("mean_recall", "retrieval mean recall (%)")}
+# Benchmarks (evaluate/benchmarks/) are tasks of their own, named after the benchmark.
+BENCHMARK_TITLES = {"xtd10": "XTD10", "xm3600": "Crossmodal-3600", "flickr30k_200": "Flickr30k-200",
+                    "xtd200": "XTD200", "babel_imagenet": "Babel-ImageNet", "imagenet1k": "ImageNet-1k"}
 MEAN_ROW = "mean"
 
 Results = dict[str, dict[str, dict[str, dict[str, float]]]]
@@ -29,6 +32,29 @@ def flatten(results_of_model: dict[str, dict[str, dict[str, float]]]) -> dict[st
 
 def _ordered_union(lists) -> list[str]:
     return list(dict.fromkeys(item for sub in lists for item in sub))
+
+
+def task_kind(results: Results, task: str) -> str:
+    """"zeroshot" or "retrieval": the task itself, or for a benchmark what its metrics are."""
+    if task in TASK_TITLES:
+        return task
+    for tasks in results.values():
+        for metrics in tasks.get(task, {}).values():
+            return "retrieval" if "mean_recall" in metrics else "zeroshot"
+    return "zeroshot"
+
+
+def task_title(results: Results, task: str) -> str:
+    kind = task_kind(results, task)
+    if task == kind:
+        return TASK_TITLES[kind]
+    return f"{BENCHMARK_TITLES.get(task, task)}: {TASK_TITLES[kind][0].lower()}{TASK_TITLES[kind][1:]}"
+
+
+def ordered_tasks(results: Results) -> list[str]:
+    """The built-in tasks first, then benchmarks in the order they were evaluated."""
+    found = _ordered_union(results.values())
+    return [task for task in TASK_TITLES if task in found] + [task for task in found if task not in TASK_TITLES]
 
 
 def _task_layout(results: Results, task: str) -> tuple[list[str], list[str], list[str]]:
@@ -48,10 +74,9 @@ def _value(results: Results, model: str, task: str, lang: str, metric: str) -> f
 def markdown_report(results: Results, data: dict | None = None) -> str:
     """Markdown: per task a table with languages as rows and metric x model columns; then what was evaluated."""
     lines = ["# Evaluation", ""]
-    for task, title in TASK_TITLES.items():
+    for task in ordered_tasks(results):
+        title = task_title(results, task)
         models, langs, metrics = _task_layout(results, task)
-        if not models:
-            continue
         columns = [(metric, model) for metric in metrics for model in models]
         lines += [f"## {title}", ""]
         lines.append("| lang | " + " | ".join(f"{metric} {model}" for metric, model in columns) + " |")
@@ -80,12 +105,17 @@ def plot_comparison(results: Results, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [task for task in HEADLINE if any(task in tasks for tasks in results.values())]
+    tasks = ordered_tasks(results)
     if not tasks:
         raise ValueError("no results to plot")
-    figure, axes = plt.subplots(len(tasks), 1, figsize=(10, 3.6 * len(tasks)), squeeze=False)
+    # Wide enough for every bar when a benchmark has dozens of languages.
+    widest = max(len(_task_layout(results, task)[1]) * len(_task_layout(results, task)[0]) for task in tasks)
+    width_inches = min(40, max(10, 0.3 * widest))
+    figure, axes = plt.subplots(len(tasks), 1, figsize=(width_inches, 3.6 * len(tasks)), squeeze=False)
     for axis, task in zip(axes[:, 0], tasks):
-        metric, label = HEADLINE[task]
+        metric, label = HEADLINE[task_kind(results, task)]
+        if task not in HEADLINE:
+            label = f"{BENCHMARK_TITLES.get(task, task)} {label}"
         models, langs, _ = _task_layout(results, task)
         rows = [*langs, MEAN_ROW] if len(langs) > 1 else langs
         width = 0.8 / len(models)
@@ -93,7 +123,7 @@ def plot_comparison(results: Results, path: str | Path) -> Path:
             values = [_value(results, model, task, lang, metric) or 0.0 for lang in rows]
             positions = [x + (number - (len(models) - 1) / 2) * width for x in range(len(rows))]
             axis.bar(positions, values, width, label=model)
-        axis.set_xticks(range(len(rows)), rows)
+        axis.set_xticks(range(len(rows)), rows, rotation=90 if len(rows) > 20 else 0)
         axis.set_ylabel(label)
         axis.set_ylim(0, 100)
         axis.grid(axis="y", alpha=0.3)

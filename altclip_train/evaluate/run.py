@@ -3,6 +3,11 @@
     altclip-train eval models.teacher=openai/clip-vit-large-patch14 models.phase2=outputs/.../final \\
         zeroshot.images=data/imagenet/val zeroshot.classnames_dir=data/imagenet/classnames \\
         zeroshot.templates_dir=data/imagenet/templates retrieval.pairs=data/xtd10/pairs.csv
+    altclip-train eval models.phase2=outputs/.../final benchmarks=[xtd10,xm3600] data_root=/data/benchmarks
+
+Standard benchmarks (`benchmarks=`, see `evaluate/benchmarks/`) are read from their released layouts under
+`data_root`; each adds a task named after it to the report, and CLIP_benchmark's results JSON per model and
+language goes to `output_dir/clip_benchmark/`.
 
 Every file is checked before the first model loads. Models load one at a time; models that share an image
 transform share the evaluation data (and its decoded pixels with `cache_images`). Writes eval.json, eval.md and
@@ -14,11 +19,13 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from altclip_train.data.images import ClipImageTransform
+from altclip_train.evaluate.benchmarks import BenchmarkEvaluator, open_benchmark, write_clip_benchmark_results
 from altclip_train.evaluate.models import load_eval_model, resolve_device
 from altclip_train.evaluate.report import flatten, write_report
 from altclip_train.evaluate.retrieval import RetrievalEvaluator
@@ -66,6 +73,32 @@ def _build_evaluators(cfg: DictConfig, transform: ClipImageTransform) -> dict:
     return evaluators
 
 
+def open_benchmarks(cfg: DictConfig) -> dict:
+    """Every benchmark in `cfg.benchmarks`, read (and so checked) before any model loads."""
+    names = cfg.get("benchmarks") or []
+    if isinstance(names, str):
+        names = [names]
+    options = cfg.get("benchmark_options") or {}
+    options = OmegaConf.to_container(options, resolve=True) if OmegaConf.is_config(options) else dict(options)
+    unknown = [name for name in options if name not in names]
+    if unknown:
+        raise ValueError(f"benchmark_options for benchmark(s) not in benchmarks=[...]: {unknown}")
+    opened = {}
+    for name in names:
+        benchmark = open_benchmark(str(name), cfg.get("data_root"), **(options.get(name) or {}))
+        opened[benchmark.name] = benchmark
+    return opened
+
+
+def _benchmark_evaluators(cfg: DictConfig, benchmarks: dict, transform: ClipImageTransform) -> dict:
+    return {
+        name: BenchmarkEvaluator(benchmark, transform, batch_size=cfg.get("batch_size", 256),
+                                 num_workers=cfg.get("num_workers", 0), cache_images=cfg.get("cache_images", False),
+                                 amp=cfg.get("amp", True))
+        for name, benchmark in benchmarks.items()
+    }
+
+
 def max_length(cfg: DictConfig, model_limit: int) -> int:
     """The configured text length, never past what the model's position table holds."""
     configured = cfg.get("max_length")
@@ -85,14 +118,17 @@ def run_eval(cfg: DictConfig) -> dict:
     models = {str(name): str(path) for name, path in (cfg.get("models") or {}).items() if path}
     if not models:
         raise ValueError("no models to evaluate: set models.<name>=<checkpoint dir or hub id>")
-    if not (_enabled(cfg.get("zeroshot"), "images") or _enabled(cfg.get("retrieval"), "pairs")):
-        raise ValueError("nothing to evaluate: set zeroshot.images and/or retrieval.pairs")
+    if not (_enabled(cfg.get("zeroshot"), "images") or _enabled(cfg.get("retrieval"), "pairs")
+            or cfg.get("benchmarks")):
+        raise ValueError("nothing to evaluate: set zeroshot.images, retrieval.pairs and/or benchmarks=[...]")
     torch.manual_seed(cfg.get("seed", 0))
     device = resolve_device(cfg.get("device", "auto"))
 
     # Reading each transform first lets every data file be validated before any weights load.
     transforms = {name: ClipImageTransform.from_pretrained(path) for name, path in models.items()}
-    evaluators_by_transform = {t: _build_evaluators(cfg, t) for t in dict.fromkeys(transforms.values())}
+    benchmarks = open_benchmarks(cfg)
+    evaluators_by_transform = {t: _build_evaluators(cfg, t) | _benchmark_evaluators(cfg, benchmarks, t)
+                               for t in dict.fromkeys(transforms.values())}
 
     results: dict = {}
     model_info: dict = {}
@@ -121,6 +157,16 @@ def run_eval(cfg: DictConfig) -> dict:
 
     extra = {"models": model_info, "device": str(device), "config": _config_dict(cfg)}
     files = write_report(results, data, cfg.output_dir, extra=extra)
+    clip_benchmark_files = [
+        str(path)
+        for name, per_task in results.items()
+        for task, per_language in per_task.items()
+        if task in benchmarks
+        for path in write_clip_benchmark_results(Path(cfg.output_dir) / "clip_benchmark", benchmarks[task], name,
+                                                 models[name], per_language)
+    ]
+    if clip_benchmark_files:
+        files["clip_benchmark"] = str(Path(cfg.output_dir) / "clip_benchmark")
     log.info("wrote %s", ", ".join(files.values()))
     return {
         "results": results,
