@@ -29,4 +29,4 @@ def test_demo_quick_runs_every_step_and_writes_the_report(tmp_path):
         assert set(model["zeroshot"]) >= set(LANGUAGES)
     assert "Zero-shot classification" in result.stdout and "run dir:" in result.stdout
     # Step 2 trained on cached image embeddings: the cache entry sits next to the shards.
-    assert any((out / "shards" / "multilingual" / ".altclip_cache").rglob("embeddings.npy"))
+    assert any((out / "shards" / "multilingual" / ".altclip_cache").rglob("embeddings.f16"))

@@ -20,7 +20,6 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPModel, PreTrainedModel
 from webdataset import TarWriter
 
-import altclip_train.data.embedding_cache as embedding_cache
 import altclip_train.data.image_cache as image_cache
 import altclip_train.data.webdataset as webdataset
 from altclip_train.data.image_cache import build_image_cache, main as cache_images_main
@@ -110,7 +109,8 @@ def setup_ranks(tiny_teacher, shards, world: int, accum: int = 1, **overrides) -
 def simulated_collectives(monkeypatch):
     """Ranks set up one after another here, so they cannot build a cache together: each test fills the
     cache with one process first, and the collective then reports what rank 0 sees: a complete entry."""
-    monkeypatch.setattr(embedding_cache, "_broadcast_flag", lambda flag, accelerator: True)
+    # With the chunked cache entry, ranks agree through the files on disk (no broadcast), so a complete
+    # entry needs nothing simulated; the fixture stays as documentation of that assumption.
 
 
 def forbid_image_work(monkeypatch):
@@ -157,7 +157,7 @@ def test_cli_fills_the_cache_then_training_never_loads_or_decodes(tiny_teacher, 
                               "--num-workers", "0"]) == 0
     out = capsys.readouterr().out
     entry = out.split("image embeddings:")[1].split()[0]
-    assert os.path.isfile(os.path.join(entry, "embeddings.npy"))
+    assert os.path.isfile(os.path.join(entry, "embeddings.f16")) and os.path.isfile(os.path.join(entry, "complete.json"))
     assert "images: 8 embedded (64-d), captions: 16, shards: 4; skipped: none" in out
 
     forbid_image_work(monkeypatch)
@@ -173,7 +173,7 @@ def test_cli_fills_the_cache_then_training_never_loads_or_decodes(tiny_teacher, 
 def test_corrupt_cache_entry_or_index_is_rebuilt(tiny_teacher, shards, tmp_path, caplog, monkeypatch):
     first = build_image_cache(shards, str(tiny_teacher), cache_dir=tmp_path / "cache", batch_size=3, num_workers=0)
     reference = np.array(first.embeddings)
-    embeddings_file = first.entry / "embeddings.npy"
+    embeddings_file = first.entry / "embeddings.f16"
     damaged = bytearray(embeddings_file.read_bytes())
     damaged[-5] ^= 0xFF
     embeddings_file.write_bytes(bytes(damaged))
@@ -185,15 +185,15 @@ def test_corrupt_cache_entry_or_index_is_rebuilt(tiny_teacher, shards, tmp_path,
     with caplog.at_level(logging.WARNING):
         again = build_image_cache(shards, str(tiny_teacher), cache_dir=tmp_path / "cache", batch_size=3,
                                   num_workers=0)
-    assert "checksum mismatch" in caplog.text and loads["model"] == 1
+    assert "do not match their checksums" in caplog.text and loads["model"] == 1
     assert again.entry == first.entry and np.array_equal(np.array(again.embeddings), reference)
 
-    (again.index.dir / "index.arrow").write_bytes(b"not arrow at all")
+    (again.index.dir / "chunk-000000.arrow").write_bytes(b"not arrow at all")
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         rebuilt = build_image_cache(shards, str(tiny_teacher), cache_dir=tmp_path / "cache", batch_size=3,
                                     num_workers=0)
-    assert "image-text index" in caplog.text and "rebuilding" in caplog.text
+    assert str(again.index.dir) in caplog.text and "rebuilding" in caplog.text
     assert rebuilt.index.num_rows == NUM_IMAGES and rebuilt.entry == first.entry
     assert loads["model"] == 1  # the index is rebuilt from the shards; the vectors were still intact
 
@@ -304,11 +304,74 @@ def test_corrupt_images_are_skipped_and_counted(tiny_teacher, tmp_path, pair_of_
     batches = list(data.train_batches(0))
     seen = sorted(i for b in batches for i, _ in pairs(b, pair_of_tokens))
     assert seen == [0, 1, 2, 3]
-    if mode == "cached":
-        assert data.skipped == Counter(corrupt_image=1)
-        assert all("skipped" not in b for b in batches)
-    else:
-        assert sum((Counter(b["skipped"]) for b in batches), Counter()) == Counter(corrupt_image=1)
+    # Both modes count skips once, while setting up (streaming: in the decoding scan that sizes the epoch).
+    assert data.skipped == Counter(corrupt_image=1)
+    assert all(not b.get("skipped") for b in batches)
+
+
+def write_samples(path, samples: list[dict]) -> str:
+    with open(path, "wb") as handle, TarWriter(handle, encoder=False) as writer:
+        for sample in samples:
+            writer.write({key: value.encode() if isinstance(value, str) and key != "__key__" else value
+                          for key, value in sample.items()})
+    return str(path)
+
+
+@pytest.fixture
+def bad_sample_shards(tmp_path):
+    """Two shards, 11 samples: 6 usable; 2 corrupt images, 2 empty captions (one of them also with a corrupt
+    image: counted once, as empty_caption), 1 caption in a language outside data.languages."""
+    def good(i):
+        return {"__key__": f"g{i}", "png": png_bytes(i), "txt": SAMPLE_CAPTIONS["en"][i]}
+
+    first = write_samples(tmp_path / "bad-0.tar", [
+        good(0),
+        {"__key__": "corrupt", "png": png_bytes(20)[:60], "txt": SAMPLE_CAPTIONS["en"][6]},
+        {"__key__": "empty", "png": png_bytes(21), "txt": "   "},
+        good(1),
+        {"__key__": "corrupt_and_empty", "png": png_bytes(22)[:60], "txt": ""},
+    ])
+    second = write_samples(tmp_path / "bad-1.tar", [
+        good(2),
+        {"__key__": "german", "png": png_bytes(23), "txt": "ein Hund", "json": '{"lang": "de"}'},
+        good(3), {"__key__": "corrupt2", "png": png_bytes(24)[:60], "txt": SAMPLE_CAPTIONS["en"][7]}, good(4), good(5),
+    ])
+    return f"{first}::{second}"
+
+
+BAD_SAMPLE_SKIPS = Counter(corrupt_image=2, empty_caption=2, unknown_language=1)
+
+
+@pytest.mark.parametrize("mode", ["cached", "streaming"])
+def test_each_bad_sample_counts_once_and_the_epoch_has_the_steps_its_usable_samples_fill(
+        tiny_teacher, bad_sample_shards, pair_of_tokens, mode, caplog):
+    workers = 2 if mode == "streaming" else 0
+    data = make_data(tiny_teacher, bad_sample_shards, image_cache=mode == "cached", batch_size=2,
+                     num_workers=workers)
+    data.setup(FakeAccelerator())
+    assert data.skipped == BAD_SAMPLE_SKIPS
+    assert data.num_train_batches(0) == 3  # 6 usable samples (a non-decoding count said 8)
+    with caplog.at_level(logging.WARNING):
+        epochs = [list(data.train_batches(epoch)) for epoch in (0, 1)]
+    assert "ran out of samples" not in caplog.text  # every usable sample fills a batch: no worker drops a tail
+    for batches in epochs:
+        assert len(batches) == 3
+        assert sorted(i for b in batches for i, _ in pairs(b, pair_of_tokens)) == list(range(6))
+        assert all(not b.get("skipped") for b in batches)  # counted once, at setup; not again per epoch
+
+
+def test_streamed_skip_counts_come_from_the_first_pass_only(tiny_teacher, bad_sample_shards, pair_of_tokens,
+                                                            caplog):
+    # With samples_per_epoch there is no scan: the stream counts, and 10 samples per epoch out of 6 usable ones
+    # make the rank re-read its shards within the epoch.
+    data = make_data(tiny_teacher, bad_sample_shards, image_cache=False, batch_size=2, samples_per_epoch=10)
+    data.setup(FakeAccelerator())
+    assert data.skipped == Counter() and data.num_train_batches(0) == 5
+    with caplog.at_level(logging.WARNING):
+        batches = list(data.train_batches(0)) + list(data.train_batches(1))
+    assert "re-reading its shards" in caplog.text
+    assert len(batches) == 10
+    assert sum((Counter(b.get("skipped") or {}) for b in batches), Counter()) == BAD_SAMPLE_SKIPS
 
 
 # --------------------------------------------------------------------------------------- real ranks

@@ -75,3 +75,25 @@ def padded_rank_slice(global_batch: np.ndarray, rank: int, world_size: int) -> t
         filler = global_batch[-1:] if len(global_batch) else np.zeros(1, dtype=np.int64)
         rows = np.concatenate([rows, np.repeat(filler, share - len(rows))])
     return rows, valid
+
+
+def language_weights(sizes: list[int], langs: list[str], weights: list[float],
+                     alpha: float | None) -> list[float]:
+    """Per-group draw multipliers: the corpus `weights`, then languages rebalanced by temperature sampling.
+
+    With exponent `alpha`, language l's share of an epoch becomes p(l) = n_l^alpha / sum_k n_k^alpha, where
+    n_l counts the rows its groups contribute after their corpus weights (XLM-R, mBART and MetaCLIP 2
+    balance languages this way; alpha = 1 keeps the natural shares, 0 makes them uniform). The epoch keeps
+    its length, and the groups of one language keep their proportions to each other.
+    """
+    if alpha is None or float(alpha) == 1.0:
+        return list(weights)
+    effective = [weight * size for weight, size in zip(weights, sizes)]
+    per_lang: dict[str, float] = {}
+    for rows, lang in zip(effective, langs):
+        per_lang[lang] = per_lang.get(lang, 0.0) + rows
+    present = {lang: rows for lang, rows in per_lang.items() if rows > 0}
+    norm = sum(rows ** float(alpha) for rows in present.values())
+    total = sum(present.values())
+    scale = {lang: total * rows ** float(alpha) / norm / rows for lang, rows in present.items()}
+    return [weight * scale.get(lang, 1.0) for weight, lang in zip(weights, langs)]

@@ -1,33 +1,46 @@
-"""On-disk caches of frozen embeddings (teacher text targets, frozen image-tower outputs).
+"""On-disk caches of frozen embeddings (teacher text targets, frozen image-tower outputs), as one float16
+matrix that every rank fills in chunks and every reader memory-maps.
 
-Frozen work is computed once. An entry is a directory `<root>/<kind>/<key>/` holding
-`embeddings.npy` (float16, memory-mapped on read) and `meta.json`. The key hashes everything the
-vectors depend on (model fingerprint, preprocessing, and the exact ordered inputs), so a different
-model, text, image or max length can never be served stale vectors. An entry is written to a
-temporary directory and renamed into place, so a crash never leaves a half-written entry; an entry
-whose checksum does not match is reported, deleted and rebuilt, never trusted.
+An entry is `<root>/<kind>/<key>/` in the `cache_entry.CacheEntry` format, with one data file,
+`embeddings.f16`: the raw row-major float16 matrix, preallocated (sparse) at full size. Chunk c holds rows
+[c * chunk_rows, (c + 1) * chunk_rows); a rank writes a finished chunk straight into its byte range, so no
+rank ever holds more than one chunk and nothing is concatenated in memory. Readers get an `np.memmap`.
 
-With several processes, every rank computes its contiguous share, rank 0 assembles the entry, and
-all ranks then read the same file, so the cache is shared across epochs, runs and ranks.
+The key hashes everything the vectors depend on: the model fingerprint and preprocessing (`description`)
+and the identity of the ordered inputs (`inputs_id`, e.g. the tokenised corpus's fingerprint or the shard
+index's), so a different model, text, image or max length can never be served stale vectors.
+
+    cache = EmbeddingCache(root, "teacher_text", description, inputs_id, num_rows, dim)
+    vectors = cache.load_or_build(compute, accelerator)   # compute(start, stop) -> [stop - start, dim]
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
+from altclip_train.data.cache_entry import CacheEntry, Region, hash_bytes
+
 log = logging.getLogger(__name__)
 
+FORMAT = "embeddings-f16-chunked-v1"
+DATA_FILE = "embeddings.f16"
+CHUNK_BYTES = 32 << 20     # ~32 MB per chunk: a kill loses seconds of work, a 150 GB entry has ~5k markers
+ROW_ALIGN = 2048           # chunk_rows is a multiple of this, so every chunk starts on a page boundary
 
-def hash_strings(items: Sequence[str]) -> str:
+
+def default_chunk_rows(dim: int) -> int:
+    rows = CHUNK_BYTES // (2 * dim)
+    return max(ROW_ALIGN, rows // ROW_ALIGN * ROW_ALIGN)
+
+
+def hash_strings(items) -> str:
+    """A digest of an ordered list of strings (for small inputs; corpora use their store fingerprint)."""
     digest = hashlib.sha256()
     for item in items:
         digest.update(item.encode("utf-8"))
@@ -35,97 +48,81 @@ def hash_strings(items: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class EmbeddingCache:
-    """One cache entry: `load()` returns the vectors if present and intact, `build()` writes them."""
+    """One entry: `load()` returns the vectors if the entry is complete and intact; `load_or_build()` makes it so."""
 
-    def __init__(self, root: str | Path, kind: str, description: str, inputs_hash: str, num_rows: int):
-        self.key = hashlib.sha256(f"{description}\n{inputs_hash}\n{num_rows}".encode()).hexdigest()[:32]
+    def __init__(self, root: str | Path, kind: str, description: str, inputs_id: str, num_rows: int, dim: int,
+                 chunk_rows: int | None = None):
+        self.key = hashlib.sha256(f"{FORMAT}\n{description}\n{inputs_id}\n{num_rows}\n{dim}".encode()).hexdigest()[:32]
         self.description = description
-        self.num_rows = num_rows
+        self.num_rows = int(num_rows)
+        self.dim = int(dim)
         self.dir = Path(root).expanduser() / kind / self.key
+        self.chunk_rows = int(chunk_rows or default_chunk_rows(self.dim))
+        num_chunks = -(-self.num_rows // self.chunk_rows)
+        self.entry = CacheEntry(self.dir, num_chunks, {
+            "format": FORMAT, "rows": self.num_rows, "dim": self.dim, "dtype": "float16",
+            "chunk_rows": self.chunk_rows, "description": description})
 
     @property
     def embeddings_path(self) -> Path:
-        return self.dir / "embeddings.npy"
+        return self.dir / DATA_FILE
 
-    def load(self) -> np.ndarray | None:
-        """The cached float16 matrix (memory-mapped), or None when absent or corrupt (then deleted)."""
-        meta_path = self.dir / "meta.json"
-        if not meta_path.is_file():
-            return None
-        try:
-            meta = json.loads(meta_path.read_text())
-            array = np.load(self.embeddings_path, mmap_mode="r")
-            problem = None
-            if meta.get("key") != self.key or array.shape != (self.num_rows, meta["dim"]):
-                problem = f"shape {array.shape} does not match its metadata"
-            elif file_sha256(self.embeddings_path) != meta["sha256"]:
-                problem = "checksum mismatch"
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
-            problem = f"unreadable ({error})"
-        if problem:
-            log.warning("embedding cache %s is corrupt (%s); rebuilding it", self.dir, problem)
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return None
-        return array
+    @property
+    def report(self):
+        return self.entry.report
 
-    def write(self, embeddings: np.ndarray) -> np.ndarray:
-        """Atomically write a complete entry (single writer) and return it memory-mapped."""
-        if embeddings.shape[0] != self.num_rows:
-            raise ValueError(f"expected {self.num_rows} rows, got {embeddings.shape[0]}")
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.key}.", dir=self.dir.parent))
-        np.save(staging / "embeddings.npy", np.ascontiguousarray(embeddings, dtype=np.float16))
-        meta = {"key": self.key, "rows": self.num_rows, "dim": int(embeddings.shape[1]), "dtype": "float16",
-                "sha256": file_sha256(staging / "embeddings.npy"), "description": self.description}
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-        if self.dir.exists():  # another writer finished first; ours is identical by construction
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, self.dir)
-        return np.load(self.embeddings_path, mmap_mode="r")
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_rows
+        return start, min(self.num_rows, start + self.chunk_rows)
 
-    def load_or_build(self, compute: Callable[[int, int], np.ndarray], accelerator=None) -> np.ndarray:
-        """Return the vectors, computing rows [start, stop) with `compute` only if the entry is missing.
+    def _memmap(self) -> np.ndarray:
+        if self.num_rows == 0:
+            return np.zeros((0, self.dim), dtype=np.float16)
+        return np.memmap(self.embeddings_path, dtype=np.float16, mode="r", shape=(self.num_rows, self.dim))
 
-        `compute` is never called (so the model behind it is never loaded) when the entry is intact.
+    def load(self, verify: str = "stat") -> np.ndarray | None:
+        """The memory-mapped matrix when the entry is complete and passes `verify`, else None (never builds)."""
+        self.entry.verify(verify)
+        return self._memmap() if self.entry.is_complete() else None
+
+    def load_or_build(self, compute: Callable[[int, int], np.ndarray], accelerator=None,
+                      verify: str = "stat", desc: str | None = None) -> np.ndarray:
+        """The vectors, computing only the chunks that are missing or corrupt; every rank must call it.
+
+        `compute(start, stop)` returns rows [start, stop) and is called once per missing chunk, so it should
+        load its model lazily: with a complete entry it is never called and the model is never loaded.
         """
-        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-        cached = self.load() if rank == 0 else None
-        if world > 1:
-            cached_everywhere = _broadcast_flag(cached is not None, accelerator)
-            if cached_everywhere:
-                accelerator.wait_for_everyone()
-                return self.load()
-        elif cached is not None:
-            return cached
-        log.info("building embedding cache %s (%d rows)", self.dir, self.num_rows)
-        bounds = np.linspace(0, self.num_rows, world + 1).astype(int)
-        part = compute(int(bounds[rank]), int(bounds[rank + 1])).astype(np.float16)
-        if world == 1:
-            return self.write(part)
-        parts_dir = self.dir.parent / f".{self.key}.parts"
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        np.save(parts_dir / f"rank{rank:05d}.npy", part)
-        accelerator.wait_for_everyone()
-        if rank == 0:
-            self.write(np.concatenate([np.load(parts_dir / f"rank{r:05d}.npy") for r in range(world)]))
-            shutil.rmtree(parts_dir, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return np.load(self.embeddings_path, mmap_mode="r")
+        size = self.num_rows * self.dim * 2
 
+        def preallocate() -> None:
+            with open(self.embeddings_path, "ab") as handle:  # never truncates chunks already written
+                if handle.tell() != size:
+                    handle.truncate(size)
 
-def _broadcast_flag(flag: bool, accelerator) -> bool:
-    from accelerate.utils import broadcast_object_list
+        self.entry.build(self._write_chunk(compute), accelerator, verify=verify, prepare=preallocate,
+                         progress_unit="row", chunk_size=lambda c: self.chunk_bounds(c)[1] - self.chunk_bounds(c)[0],
+                         desc=desc or f"embedding ({self.dir.parent.name})")
+        return self._memmap()
 
-    box = [flag]
-    broadcast_object_list(box, from_process=0)
-    return bool(box[0])
+    def _write_chunk(self, compute: Callable[[int, int], np.ndarray]):
+        def write(chunk: int):
+            start, stop = self.chunk_bounds(chunk)
+            vectors = np.asarray(compute(start, stop))
+            if vectors.shape != (stop - start, self.dim):
+                raise ValueError(f"embedding cache {self.dir}: rows {start}..{stop} came back with shape "
+                                 f"{vectors.shape}, expected {(stop - start, self.dim)}")
+            data = np.ascontiguousarray(vectors, dtype=np.float16).tobytes()
+            offset = start * self.dim * 2
+            fd = os.open(self.embeddings_path, os.O_WRONLY)
+            try:
+                view, position = memoryview(data), offset
+                while view:  # pwrite may write less than asked on some filesystems
+                    written = os.pwrite(fd, view, position)
+                    view, position = view[written:], position + written
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return [(Region(DATA_FILE, offset, len(data)), hash_bytes(data))]
+
+        return write

@@ -5,10 +5,12 @@ change during training. This module reads every image of a WebDataset shard set 
 frozen image side (`model.get_image_features(pixel_values).pooler_output`, the very call the contrastive
 task makes) and stores the result, so a cached phase-2 run reads only captions and float16 vectors.
 
-Two on-disk pieces, both written atomically and checksum-verified on every load:
+Two on-disk pieces, both in the chunked `cache_entry.CacheEntry` format (every rank fills disjoint chunks; a
+killed build resumes at its unfinished chunks; a corrupt chunk is rebuilt alone; see that module for what is
+verified when):
 
-- the shard index, `<cache_dir>/image_index/<key>/` (`index.arrow` + `meta.json`): one row per usable image,
-  in shard order, with its sample key and all its captions (lang + text). It is keyed by the exact shard
+- the shard index, `<cache_dir>/image_index/<key>/`: one row per usable image, in shard order, with its sample
+  key and all its captions (lang + text), one Arrow file per group of shards. It is keyed by the exact shard
   contents (resolved path, size and mtime of every shard; the url for remote ones) and the default caption
   language, and read memory-mapped, so DataLoader workers share it instead of copying it.
 - the embeddings, an `EmbeddingCache` entry `<cache_dir>/image_embeds/<key>/` keyed by the image model's
@@ -29,8 +31,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +41,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from tqdm.auto import tqdm
+from torch.utils.data import IterableDataset, get_worker_info
 
-from altclip_train.data import embedding_cache
-from altclip_train.data.embedding_cache import EmbeddingCache, file_sha256, hash_strings
+from altclip_train.data.cache_entry import CacheEntry, Region, hash_region, ranks_of
+from altclip_train.data.embedding_cache import DATA_FILE, EmbeddingCache, hash_strings
+from altclip_train.data.loading import make_loader
 from altclip_train.data.images import BadImageError, ClipImageTransform, decode_image
 from altclip_train.data.shards import default_cache_dir, expand_shard_urls, shard_fingerprints
 from altclip_train.data.webdataset import iter_image_text_records, normalize_lang
@@ -65,15 +66,29 @@ def _digest(payload) -> str:
 
 # --------------------------------------------------------------------------------------- shard index
 class ShardIndex:
-    """Every usable image of a shard set, in shard order: sample key and captions, memory-mapped from disk."""
+    """Every usable image of a shard set, in shard order: sample key and captions, memory-mapped from disk.
 
-    FILE = "index.arrow"
+    A `CacheEntry` whose chunk c scans shards [c * shards_per_chunk, ...) into `chunk-NNNNNN.arrow` (one record
+    batch per shard) plus `chunk-NNNNNN.json` (rows, key hash and skips per shard). Ranks scan disjoint
+    chunks; the complete index is those Arrow files read as one zero-copy table.
+    """
 
-    def __init__(self, directory: Path):
-        self.dir = Path(directory)
-        self.meta = json.loads((self.dir / "meta.json").read_text())
+    SHARDS_PER_CHUNK = 64
+
+    def __init__(self, entry: CacheEntry, urls: Sequence[str], description: dict):
+        self.entry = entry
+        self.dir = entry.dir
+        chunks = [json.loads((self.dir / f"chunk-{c:06d}.json").read_text()) for c in range(entry.num_chunks)]
+        shard_rows = [rows for chunk in chunks for rows in chunk["shard_rows"]]
+        skipped: Counter = Counter()
+        for chunk in chunks:
+            skipped.update(chunk["skipped"])
+        self.meta = {**description, "key": self.dir.name, "num_rows": sum(shard_rows), "shard_rows": shard_rows,
+                     "num_captions": sum(chunk["num_captions"] for chunk in chunks),
+                     "keys_hash": hash_strings([h for chunk in chunks for h in chunk["key_hashes"]]),
+                     "skipped": dict(sorted(skipped.items()))}
         self._table = None
-        self.shard_bounds = np.concatenate([[0], np.cumsum(self.meta["shard_rows"])]).astype(np.int64)
+        self.shard_bounds = np.concatenate([[0], np.cumsum(shard_rows)]).astype(np.int64)
 
     # pyarrow tables over a memory map must not be pickled into DataLoader workers (that copies the data).
     def __getstate__(self):
@@ -82,7 +97,9 @@ class ShardIndex:
     @property
     def table(self):
         if self._table is None:
-            self._table = pa.ipc.open_file(pa.memory_map(str(self.dir / self.FILE))).read_all()
+            tables = [pa.ipc.open_file(pa.memory_map(str(self.dir / f"chunk-{c:06d}.arrow"))).read_all()
+                      for c in range(self.entry.num_chunks)]
+            self._table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
         return self._table
 
     @property
@@ -119,10 +136,10 @@ class ShardIndex:
         """Per row, how many of its captions are in `languages` (all of them when None)."""
         langs = self.table.column("langs")
         if languages is None:
-            return pc.list_value_length(langs).to_numpy(zero_copy_only=False).astype(np.int64)
+            return pc.list_value_length(langs).to_numpy().astype(np.int64)
         keep = pc.is_in(pc.list_flatten(langs), value_set=pa.array(sorted(languages), pa.string()))
-        parents = pc.list_parent_indices(langs).to_numpy(zero_copy_only=False)
-        return np.bincount(parents[keep.to_numpy(zero_copy_only=False)], minlength=self.num_rows)
+        parents = _list_parents(langs)
+        return np.bincount(parents[keep.to_numpy()], minlength=self.num_rows)
 
     def estimated_caption_tokens(self, tokenizer, languages: set[str] | None, sample: int = 1000,
                                  seed: int = 0) -> np.ndarray:
@@ -132,9 +149,9 @@ class ShardIndex:
         by its language's tokens-per-byte, measured on up to `sample` captions of that language.
         """
         texts, langs = self.table.column("texts"), self.table.column("langs")
-        parents = pc.list_parent_indices(texts).to_numpy(zero_copy_only=False)
+        parents = _list_parents(texts)
         flat_texts = pc.list_flatten(texts)
-        sizes = pc.binary_length(flat_texts).to_numpy(zero_copy_only=False).astype(np.float64)
+        sizes = pc.binary_length(flat_texts).to_numpy().astype(np.float64)
         encoded = pc.dictionary_encode(pc.list_flatten(langs)).combine_chunks()
         codes = encoded.indices.to_numpy(zero_copy_only=False)
         rng = np.random.default_rng(seed)
@@ -159,91 +176,52 @@ class ShardIndex:
         return _digest(description)[:32], description
 
     @classmethod
-    def load(cls, directory: Path, key: str) -> "ShardIndex | None":
-        """The index in `directory`, or None when absent; a corrupt one is reported and deleted."""
-        if not (directory / "meta.json").is_file():
-            return None
-        try:
-            index = cls(directory)
-            problem = None
-            if index.key != key:
-                problem = "key mismatch"
-            elif file_sha256(directory / cls.FILE) != index.meta["sha256"]:
-                problem = "checksum mismatch"
-            elif index.table.num_rows != index.num_rows:
-                problem = f"{index.table.num_rows} rows where its metadata says {index.num_rows}"
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
-            problem = f"unreadable ({error})"
-        if problem:
-            log.warning("image-text index %s is corrupt (%s); rebuilding it", directory, problem)
-            shutil.rmtree(directory, ignore_errors=True)
-            return None
-        return index
-
-    @classmethod
-    def build(cls, urls: Sequence[str], directory: Path, key: str, description: dict,
-              verify_images: bool = False, accelerator=None) -> "ShardIndex":
-        """Scan the shards once (reading, not decoding, unless `verify_images`) and write the index atomically.
-
-        With several processes each rank scans a contiguous share of the shards and rank 0 joins the parts.
-        """
-        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        parts_dir = directory.parent / f".{key}.parts"
-        parts_dir.mkdir(exist_ok=True)
-        bounds = np.linspace(0, len(urls), world + 1).astype(int)
-        _scan_shards(urls[bounds[rank]:bounds[rank + 1]], parts_dir / f"rank{rank:05d}", description["default_lang"],
-                     verify_images, show_progress=getattr(accelerator, "is_local_main_process", True))
-        if world > 1:
-            accelerator.wait_for_everyone()
-        if rank == 0:
-            _join_parts([parts_dir / f"rank{r:05d}" for r in range(world)], directory, key, description)
-            shutil.rmtree(parts_dir, ignore_errors=True)
-        if world > 1:
-            accelerator.wait_for_everyone()
-        index = cls.load(directory, key)
-        if index is None:
-            raise FileNotFoundError(f"rank {rank} cannot see the image-text index {directory} that rank 0 wrote; "
-                                    f"put data.cache_dir on a filesystem every node shares")
-        if rank == 0:
-            skipped = index.skipped
-            log.info("indexed %d images (%d captions) in %d shards into %s%s", index.num_rows,
-                     index.meta["num_captions"], len(urls), directory, f"; skipped: {dict(skipped)}" if skipped else "")
-        return index
-
-    @classmethod
     def load_or_build(cls, urls: Sequence[str], cache_dir: str | Path, default_lang: str = "en",
-                      verify_images: bool = False, accelerator=None) -> "ShardIndex":
-        """The index of `urls`, scanned on first use; every rank then reads the same files."""
+                      verify_images: bool = False, accelerator=None, verify: str = "stat",
+                      shards_per_chunk: int | None = None) -> "ShardIndex":
+        """The index of `urls`, scanned on first use (each rank its chunks; a killed scan resumes), then read."""
         default_lang = normalize_lang(default_lang) or "en"
         key, description = cls.describe(urls, default_lang, verify_images)
-        directory = Path(cache_dir).expanduser() / "image_index" / key
-        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-        index = cls.load(directory, key) if rank == 0 else None
-        complete = index is not None
-        if world > 1:
-            # All ranks must take the same branch: they meet in the barriers of build().
-            complete = embedding_cache._broadcast_flag(complete, accelerator)
-        if complete:
-            if world > 1:
-                accelerator.wait_for_everyone()
-            index = index or cls.load(directory, key)
-            if index is None:
-                raise FileNotFoundError(f"rank {rank} cannot see the image-text index {directory} that rank 0 "
-                                        f"found; put data.cache_dir on a filesystem every node shares")
-            return index
-        if rank == 0 and any(entry[1] is None for entry in description["shards"]):
+        per_chunk = int(shards_per_chunk or cls.SHARDS_PER_CHUNK)
+        entry = CacheEntry(Path(cache_dir).expanduser() / "image_index" / key, -(-len(urls) // per_chunk),
+                           {"format": INDEX_VERSION, "shards_per_chunk": per_chunk, "shards": len(urls)})
+        rank, _ = ranks_of(accelerator)
+        if rank == 0 and not entry.is_complete() and any(shard[1] is None for shard in description["shards"]):
             log.warning("remote shards are identified by url only: rewrite one and its cached index goes stale")
-        return cls.build(urls, directory, key, description, verify_images, accelerator)
+        show = getattr(accelerator, "is_local_main_process", True)
+
+        def scan(chunk: int):
+            chunk_urls = urls[chunk * per_chunk:(chunk + 1) * per_chunk]
+            return _scan_shards(chunk_urls, entry.dir, chunk, default_lang, verify_images, show)
+
+        entry.build(scan, accelerator, verify=verify, desc="indexing shards")
+        index = cls(entry, urls, description)
+        if rank == 0 and entry.report.chunks_built:
+            skipped = index.skipped
+            log.info("indexed %d images (%d captions) in %d shards into %s%s", index.num_rows,
+                     index.meta["num_captions"], len(urls), entry.dir, f"; skipped: {dict(skipped)}" if skipped else "")
+        return index
 
 
-def _scan_shards(urls: Sequence[str], part: Path, default_lang: str, verify_images: bool,
-                 show_progress: bool) -> None:
-    """Write `part.arrow` (one record batch per shard) and `part.json` (row counts, key hashes, skips)."""
+def _list_parents(lists) -> np.ndarray:
+    """For a (chunked) list column, the row each flattened element belongs to."""
+    if isinstance(lists, pa.ChunkedArray):
+        parts, base = [], 0
+        for chunk in lists.chunks:
+            parts.append(pc.list_parent_indices(chunk).to_numpy() + base)
+            base += len(chunk)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return pc.list_parent_indices(lists).to_numpy()
+
+
+def _scan_shards(urls: Sequence[str], directory: Path, chunk: int, default_lang: str, verify_images: bool,
+                 show_progress: bool) -> list[tuple[Region, str]]:
+    """Write one chunk of the index: `chunk-N.arrow` (a record batch per shard) and `chunk-N.json`."""
     skipped: Counter = Counter()
     shard_rows, key_hashes, num_captions = [], [], 0
-    with pa.OSFile(f"{part}.arrow", "wb") as sink, pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
-        for url in tqdm(urls, desc="indexing shards", unit="shard", disable=not show_progress):
+    arrow_path = directory / f"chunk-{chunk:06d}.arrow"
+    with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
+        for url in urls:
             keys, langs, texts = [], [], []
             for record in iter_image_text_records([url], decode=verify_images, default_lang=default_lang,
                                                   skip_counts=skipped):
@@ -254,35 +232,17 @@ def _scan_shards(urls: Sequence[str], part: Path, default_lang: str, verify_imag
             shard_rows.append(len(keys))
             key_hashes.append(hash_strings(keys))
             num_captions += sum(map(len, texts))
-    summary = {"shard_rows": shard_rows, "key_hashes": key_hashes, "num_captions": num_captions,
-               "skipped": dict(skipped)}
-    Path(f"{part}.json").write_text(json.dumps(summary))
-
-
-def _join_parts(parts: Sequence[Path], directory: Path, key: str, description: dict) -> None:
-    """Concatenate the scanned parts, in order, into a complete index entry (staged, then renamed)."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=directory.parent))
-    shard_rows, key_hashes, num_captions, skipped = [], [], 0, Counter()
-    try:
-        with pa.OSFile(str(staging / ShardIndex.FILE), "wb") as sink, \
-                pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
-            for part in parts:
-                reader = pa.ipc.open_file(pa.memory_map(f"{part}.arrow"))
-                for batch in range(reader.num_record_batches):
-                    writer.write_batch(reader.get_batch(batch))
-                summary = json.loads(Path(f"{part}.json").read_text())
-                shard_rows += summary["shard_rows"]
-                key_hashes += summary["key_hashes"]
-                num_captions += summary["num_captions"]
-                skipped.update(summary["skipped"])
-        meta = {"key": key, "num_rows": sum(shard_rows), "num_captions": num_captions, "shard_rows": shard_rows,
-                "keys_hash": hash_strings(key_hashes), "skipped": dict(sorted(skipped.items())),
-                "sha256": file_sha256(staging / ShardIndex.FILE), **description}
-        (staging / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-        if not directory.exists():  # else another writer finished first: identical by construction
-            os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    summary = json.dumps({"shard_rows": shard_rows, "key_hashes": key_hashes, "num_captions": num_captions,
+                          "skipped": dict(skipped)}).encode()
+    summary_path = directory / f"chunk-{chunk:06d}.json"
+    summary_path.write_bytes(summary)
+    regions = []
+    for path in (arrow_path, summary_path):
+        with path.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        size = path.stat().st_size
+        regions.append((Region(path.name, 0, size), hash_region(path, 0, size)))
+    return regions
 
 
 # --------------------------------------------------------------------------------------- reading images back
@@ -416,7 +376,7 @@ class ImageCache:
 
     @property
     def embeddings_path(self) -> Path:
-        return self.entry / "embeddings.npy"
+        return self.entry / DATA_FILE
 
     def skipped(self) -> Counter:
         """Everything left out: what the index scan dropped plus the images that failed to decode."""
@@ -429,70 +389,92 @@ class ImageCache:
 def load_or_build_image_cache(urls: Sequence[str], image_model: str, transform: ClipImageTransform,
                               cache_dir: str | Path, accelerator=None, batch_size: int = 256, num_workers: int = 4,
                               default_lang: str = "en", dtype: str = "float32", device=None,
-                              trust_remote_code: bool = False) -> ImageCache:
-    """Index and embed `urls` once; later calls only verify and memory-map (the model is never loaded)."""
+                              trust_remote_code: bool = False, verify: str = "stat",
+                              chunk_rows: int | None = None, shards_per_chunk: int | None = None) -> ImageCache:
+    """Index and embed `urls` once; later calls only stat-check and memory-map (the model is never loaded).
+
+    Every rank embeds its share of the missing chunks straight into the shared entry; a killed build
+    resumes at the chunks it had not finished, and a corrupt chunk is re-embedded alone.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"unknown cache dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
-    index = ShardIndex.load_or_build(urls, cache_dir, default_lang, accelerator=accelerator)
-    inputs_hash = _digest({"shards": index.meta["shards"], "keys": index.meta["keys_hash"]})
+    index = ShardIndex.load_or_build(urls, cache_dir, default_lang, accelerator=accelerator, verify=verify,
+                                     shards_per_chunk=shards_per_chunk)
+    inputs_id = _digest({"shards": index.meta["shards"], "keys": index.meta["keys_hash"]})
     cache = EmbeddingCache(cache_dir, "image_embeds", describe_image_encoder(image_model, transform, dtype),
-                           inputs_hash, index.num_rows)
+                           inputs_id, index.num_rows, image_embedding_dim(image_model, trust_remote_code),
+                           chunk_rows=chunk_rows)
     if device is None:
         device = accelerator.device if accelerator is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    show_progress = getattr(accelerator, "is_local_main_process", True)
-
-    def compute(start: int, stop: int) -> np.ndarray:
-        out = np.full((stop - start, image_embedding_dim(image_model, trust_remote_code)), np.nan, dtype=np.float32)
-        if stop > start:
-            corrupt = embed_rows(index, range(start, stop), out, image_model, transform, device, batch_size,
-                                 num_workers, dtype, trust_remote_code, show_progress)
-            if corrupt:
-                log.warning("%d of %d images in rows %d..%d could not be decoded; they are left out (corrupt_image)",
-                            corrupt, stop - start, start, stop)
-        return out
-
-    embeddings = cache.load_or_build(compute, accelerator)
+    embedder = ImageEmbedder(index, image_model, transform, device, batch_size, num_workers, dtype, trust_remote_code)
+    embeddings = cache.load_or_build(embedder, accelerator, verify=verify, desc="embedding images")
+    if embedder.rows:
+        log.info("image cache: %d images embedded on this rank (%.0f images/s, %.0f%% of the time inside the "
+                 "image forward)", embedder.rows, embedder.rows / max(cache.report.seconds, 1e-9),
+                 100 * embedder.forward_s / max(cache.report.seconds, 1e-9))
+    embedder.close()
     return ImageCache(index, embeddings, cache.dir)
 
 
-def embed_rows(index: ShardIndex, rows: range, out: np.ndarray, image_model: str, transform: ClipImageTransform,
-               device, batch_size: int, num_workers: int, dtype: str = "float32", trust_remote_code: bool = False,
-               show_progress: bool = True) -> int:
-    """Fill out[row - rows.start] with each row's projected embedding; returns how many failed to decode."""
-    model = load_image_encoder(image_model, device, trust_remote_code)
-    device = torch.device(device)
-    autocast_dtype = DTYPES[dtype]
-    loader = DataLoader(IndexedImages(index, rows, transform), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_rows, pin_memory=device.type == "cuda")
-    corrupt = 0
-    with tqdm(total=len(rows), desc="embedding images", unit="img", disable=not show_progress) as progress:
+class ImageEmbedder:
+    """`compute(start, stop)` for the image cache: one chunk of rows embedded, NaN where an image is undecodable.
+
+    The model is loaded on the first chunk only, so a complete cache never loads it. Images are read and
+    preprocessed ahead in DataLoader workers, so the forward is what the build waits on.
+    """
+
+    def __init__(self, index: ShardIndex, image_model: str, transform: ClipImageTransform, device, batch_size: int,
+                 num_workers: int, dtype: str = "float32", trust_remote_code: bool = False):
+        self.index, self.image_model, self.transform = index, image_model, transform
+        self.device = torch.device(device)
+        self.batch_size, self.num_workers, self.dtype = batch_size, num_workers, dtype
+        self.trust_remote_code = trust_remote_code
+        self.model = None
+        self.rows, self.corrupt, self.forward_s = 0, 0, 0.0
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        if self.model is None:
+            self.model = load_image_encoder(self.image_model, self.device, self.trust_remote_code)
+        out = np.full((stop - start, self.model.config.projection_dim), np.nan, dtype=np.float32)
+        autocast_dtype = DTYPES[self.dtype]
+        loader = make_loader(IndexedImages(self.index, range(start, stop), self.transform), seed=start,
+                             batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_rows,
+                             pin_memory=self.device.type == "cuda")
         for batch_rows, pixels, ok in loader:
-            bad = (~ok).sum().item()
+            bad = int((~ok).sum())
             if bad:
-                corrupt += bad
-                if corrupt - bad < _CORRUPT_WARNINGS:
-                    log.warning("undecodable image(s) at index rows %s of %s", batch_rows[~ok].tolist(), index.dir)
-            if pixels is not None:
-                with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype,
-                                                            enabled=autocast_dtype != torch.float32):
-                    features = image_features(model, pixels.to(device, non_blocking=True))
-                features = features.float().cpu().numpy()
-                # NaN marks an undecodable image, so a real vector must survive the float16 cache intact.
-                if not np.isfinite(features.astype(np.float16)).all():
-                    raise ValueError(f"{image_model} gave non-finite image embeddings in {dtype} (index rows "
-                                     f"{batch_rows[ok].tolist()[:5]}...); cache them with dtype float32")
-                out[(batch_rows[ok] - rows.start).numpy()] = features
-            progress.update(len(batch_rows))
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # training starts on this device next
-    return corrupt
+                if self.corrupt < _CORRUPT_WARNINGS:
+                    log.warning("undecodable image(s) at index rows %s of %s", batch_rows[~ok].tolist(), self.index.dir)
+                self.corrupt += bad
+            if pixels is None:
+                continue
+            began = time.perf_counter()
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=autocast_dtype,
+                                                        enabled=autocast_dtype != torch.float32):
+                features = image_features(self.model, pixels.to(self.device, non_blocking=True)).float().cpu().numpy()
+            self.forward_s += time.perf_counter() - began
+            # NaN marks an undecodable image, so a real vector must survive the float16 cache intact.
+            if not np.isfinite(features.astype(np.float16)).all():
+                raise ValueError(f"{self.image_model} gave non-finite image embeddings in {self.dtype} (index rows "
+                                 f"{batch_rows[ok].tolist()[:5]}...); cache them with dtype float32")
+            out[(batch_rows[ok] - start).numpy()] = features
+        self.rows += stop - start
+        return out
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # training starts on this device next
+        if self.corrupt:
+            log.warning("%d images could not be decoded; they are left out (corrupt_image)", self.corrupt)
 
 
 def build_image_cache(shards: str | Iterable[str], image_model: str, image_processor: str | None = None,
                       cache_dir: str | Path | None = None, batch_size: int = 256, device: str | None = None,
                       num_workers: int = 4, default_lang: str = "en", dtype: str = "float32",
-                      trust_remote_code: bool = False, accelerator=None) -> ImageCache:
+                      trust_remote_code: bool = False, accelerator=None, verify: str = "stat",
+                      chunk_rows: int | None = None) -> ImageCache:
     """Embed every image of `shards` once with the frozen image side of `image_model` (a CLIP or AltCLIP dir
     or hub id); preprocessing comes from `image_processor` (default: the image model's own)."""
     urls = expand_shard_urls(shards)
@@ -500,7 +482,8 @@ def build_image_cache(shards: str | Iterable[str], image_model: str, image_proce
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(urls)
     return load_or_build_image_cache(urls, image_model, transform, root, accelerator=accelerator,
                                      batch_size=batch_size, num_workers=num_workers, default_lang=default_lang,
-                                     dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+                                     dtype=dtype, device=device, trust_remote_code=trust_remote_code, verify=verify,
+                                     chunk_rows=chunk_rows)
 
 
 # --------------------------------------------------------------------------------------- command line
@@ -521,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
                         help="compute precision (part of the cache key; default: float32)")
     parser.add_argument("--default-lang", default="en", help="language of captions that name none (default: en)")
+    parser.add_argument("--chunk-rows", type=int, default=None,
+                        help="images per cache chunk, the unit of resume (default: ~32 MB of vectors)")
+    parser.add_argument("--verify", action="store_true",
+                        help="re-hash every chunk of an existing cache (default: a stat check of its files)")
     parser.add_argument("--trust-remote-code", action="store_true")
     return parser
 
@@ -540,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = build_image_cache(args.shards, args.image_model, args.image_processor, args.cache_dir,
                               batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
                               default_lang=args.default_lang, dtype=args.dtype,
-                              trust_remote_code=args.trust_remote_code, accelerator=accelerator)
+                              trust_remote_code=args.trust_remote_code, accelerator=accelerator,
+                              verify="full" if args.verify else "stat", chunk_rows=args.chunk_rows)
     if accelerator is None or accelerator.is_main_process:
         skipped = ", ".join(f"{reason}={count}" for reason, count in sorted(cache.skipped().items())) or "none"
         print(f"image embeddings: {cache.entry}")

@@ -1,200 +1,125 @@
-"""Phase-1 data: parallel corpora (English <-> translation) read with `datasets`, tokenised once,
-with teacher targets from the on-disk cache, batched per length bucket and padded per batch.
+"""Phase-1 data module: parallel corpora (English <-> translation) from the memory-mapped corpus store,
+teacher targets from the chunked embedding cache, batched per length bucket and padded per batch.
 
-A corpus is declared in config as one of:
-  {lang: zh, path: en-zh.tsv}                          TSV / CSV / JSONL / Parquet (format from suffix)
-  {lang: zh, source_path: c.en, target_path: c.zh}     Moses / OPUS aligned text files
-  {lang: zh, hub: Helsinki-NLP/opus-100, subset: en-zh, source_column: translation.en, target_column: translation.zh}
-Column names default to `en` and the corpus language; `weight` scales how many of its rows an
-epoch draws. A fixed number of rows per corpus is held out for validation.
+Batch keys it produces (each pair gives two student rows, English first, both with the English target):
+
+| key                        | shape / type        | what                                                  |
+|----------------------------|---------------------|-------------------------------------------------------|
+| `student_input_ids`        | long [2n, L]        | English rows, then their translations; L = this batch's longest |
+| `student_attention_mask`   | long [2n, L]        | 1 on real tokens                                      |
+| `lang`                     | list[str] (2n)      | `source_lang` for the English rows, the pair's language for the others |
+| `source_index`             | long [2n]           | row of the English sentence in the store (-1: padding row) |
+| `teacher_embeds`           | float16 [2n, D]     | the cached target (teacher cache on)                  |
+| `teacher_input_ids`, `teacher_attention_mask` | long [n, T] | the English side for a live teacher (cache off) |
+
+Corpora are declared in `data.corpora` (see `data/corpora.py` for the layouts). `setup()` opens or builds
+the corpus store (read, deduplicated and tokenised once by one process, `data/corpus_store.py`) and the
+teacher cache (chunked, filled by every rank, `data/embedding_cache.py`); a restart reads both and computes
+nothing. Everything sized by the corpus is a memory map; DataLoader workers slice batches out of it.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
+import os
+import time
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torch.utils.data import Dataset as TorchDataset
 
-from altclip_train.data.batching import BatchPlan, padded_rank_slice, rank_slice
-from altclip_train.data.embedding_cache import EmbeddingCache, hash_strings
-from altclip_train.data.loading import pad_batch
+from altclip_train.data.batching import BatchPlan, language_weights, padded_rank_slice, rank_slice
+from altclip_train.data.corpora import CorpusSpec
+from altclip_train.data.corpus_store import CorpusStore, Tokenization, open_or_build
+from altclip_train.data.embedding_cache import EmbeddingCache
+from altclip_train.data.loading import capped_max_length, make_loader, pad_flat, resolve_pad_multiple
 
 log = logging.getLogger(__name__)
 
-_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
-
-@dataclass
-class CorpusSpec:
-    lang: str
-    path: str | None = None
-    source_path: str | None = None
-    target_path: str | None = None
-    hub: str | None = None
-    subset: str | None = None
-    split: str = "train"
-    format: str | None = None
-    source_column: str = "en"
-    target_column: str | None = None
-    weight: float = 1.0
-    max_rows: int | None = None
-
-    @property
-    def name(self) -> str:
-        return self.path or self.target_path or f"{self.hub}:{self.subset or ''}"
-
-
-@dataclass
-class Corpus:
-    spec: CorpusSpec
-    source: list[str]
-    target: list[str]
-    skipped: Counter = field(default_factory=Counter)
-
-
-def load_corpus(spec: CorpusSpec, source_lang: str = "en") -> Corpus:
-    """Read one corpus into (source, target) sentence lists, dropping and counting empty rows."""
-    target_column = spec.target_column or spec.lang
-    source_column = spec.source_column
-    if spec.source_path or spec.target_path:
-        source, target = _read_moses(spec)
-    else:
-        table = _read_table(spec)
-        for column in (source_column, target_column):
-            if _column(table, column) is None:
-                raise ValueError(f"corpus {spec.name}: unknown column '{column}' "
-                                 f"(columns: {', '.join(table.column_names)})")
-        source, target = _column(table, source_column), _column(table, target_column)
-    corpus = Corpus(spec, [], [])
-    for row, (src, tgt) in enumerate(zip(source, target)):
-        src, tgt = ("" if src is None else str(src)).strip(), ("" if tgt is None else str(tgt)).strip()
-        if not src or not tgt:
-            corpus.skipped["empty_sentence"] += 1
-            continue
-        corpus.source.append(src)
-        corpus.target.append(tgt)
-        if spec.max_rows and len(corpus.source) >= spec.max_rows:
-            break
-    if corpus.skipped:
-        log.warning("corpus %s: skipped %d rows with an empty sentence", spec.name, corpus.skipped["empty_sentence"])
-    if not corpus.source:
-        raise ValueError(f"corpus {spec.name}: no usable sentence pairs")
-    return corpus
-
-
-def _column(table, dotted: str):
-    """A column by name; `translation.en` reaches into a struct column (the OPUS hub layout)."""
-    head, _, rest = dotted.partition(".")
-    if head not in table.column_names:
-        return None
-    values = table[head]
-    if rest:
-        values = [(value or {}).get(rest) for value in values]
-    return values
-
-
-def _read_table(spec: CorpusSpec):
-    import datasets
-
-    if spec.hub:
-        return datasets.load_dataset(spec.hub, spec.subset, split=spec.split)
-    path = Path(spec.path)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file not found: {path}")
-    fmt = spec.format or _FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"corpus {path}: cannot tell the format from '{path.suffix}'; set format: tsv|csv|json|parquet")
-    kwargs: dict[str, Any] = {}
-    if fmt == "tsv":
-        fmt, kwargs = "csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
-    if fmt == "csv":
-        kwargs.update(keep_default_na=False, na_filter=False)
-    return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-
-
-def _read_moses(spec: CorpusSpec) -> tuple[list[str], list[str]]:
-    if not (spec.source_path and spec.target_path):
-        raise ValueError(f"corpus {spec.name}: Moses corpora need both source_path and target_path")
-    sides = []
-    for path in (Path(spec.source_path), Path(spec.target_path)):
-        if not path.is_file():
-            raise FileNotFoundError(f"corpus file not found: {path}")
-        sides.append(path.read_text(encoding="utf-8").splitlines())
-    if len(sides[0]) != len(sides[1]):
-        raise ValueError(f"Moses corpus {spec.source_path} has {len(sides[0])} lines but "
-                         f"{spec.target_path} has {len(sides[1])}; aligned files must match line for line")
-    return sides[0], sides[1]
-
 
 class PairRows(TorchDataset):
-    """Tokenised pairs; indexing with a list of pair rows returns one padded batch."""
+    """The store's pairs; indexing with (pair rows, valid mask) returns one padded batch (keys above)."""
 
-    def __init__(self, student_ids: list[list[int]], source_ids: np.ndarray, target_ids: list[list[int]],
-                 langs: list[str], source_lang: str, pad_id: int, teacher: np.ndarray | None,
-                 teacher_row: np.ndarray, teacher_tokens: list[list[int]] | None, teacher_pad_id: int,
-                 student_width: int | None = None, teacher_width: int | None = None):
-        self.student_width = student_width
-        self.teacher_width = teacher_width
-        self.student_source = student_ids
-        self.student_target = target_ids
-        self.source_index = source_ids
-        self.langs = langs
+    def __init__(self, store: CorpusStore, source_lang: str, pad_id: int, teacher: np.ndarray | None,
+                 teacher_pad_id: int, pad_multiple: int = 1, student_width: int | None = None,
+                 teacher_width: int | None = None):
+        self.store = store
         self.source_lang = source_lang
-        self.pad_id = pad_id
+        self.group_lang = [group["lang"] for group in store.groups]
+        self.pad_id, self.teacher_pad_id = pad_id, teacher_pad_id
         self.teacher = teacher
-        self.teacher_row = teacher_row
-        self.teacher_tokens = teacher_tokens
-        self.teacher_pad_id = teacher_pad_id
+        self.pad_multiple = pad_multiple
+        self.student_width, self.teacher_width = student_width, teacher_width
+
+    def __getstate__(self):  # the teacher matrix is a memmap: workers reopen it rather than copy it
+        state = dict(self.__dict__)
+        if isinstance(self.teacher, np.memmap):
+            state["teacher"] = ("memmap", self.teacher.filename, self.teacher.shape)
+        return state
+
+    def __setstate__(self, state):
+        teacher = state.get("teacher")
+        if isinstance(teacher, tuple) and teacher and teacher[0] == "memmap":
+            state["teacher"] = np.memmap(teacher[1], dtype=np.float16, mode="r", shape=teacher[2])
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
-        return len(self.langs)
+        return self.store.num_pairs
 
     def __getitem__(self, item: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
         rows, valid = item
-        # English rows first, then their translations; both learn the English target.
-        sequences = [self.student_source[r] for r in rows] + [self.student_target[r] for r in rows]
-        ids, mask = pad_batch(sequences, self.pad_id, self.student_width)
-        source_index = torch.as_tensor(self.source_index[rows], dtype=torch.long)
-        source_index[~torch.as_tensor(valid)] = -1
+        rows = np.asarray(rows, dtype=np.int64)
+        sources = np.asarray(self.store.pair_source[rows], dtype=np.int64)
+        english, english_offsets = self.store.student_source.gather(sources)
+        translated, translated_offsets = self.store.student_target.gather(rows)
+        flat = np.concatenate([english, translated])
+        offsets = np.concatenate([english_offsets, translated_offsets[1:] + english_offsets[-1]])
+        ids, mask = pad_flat(flat, offsets, self.pad_id, self.pad_multiple, self.student_width)
+        source_index = torch.from_numpy(sources)
+        source_index[~torch.as_tensor(np.asarray(valid, dtype=bool))] = -1
+        groups = np.asarray(self.store.pair_group[rows])
         batch = {
             "student_input_ids": ids,
             "student_attention_mask": mask,
-            "lang": [self.source_lang] * len(rows) + [self.langs[r] for r in rows],
+            "lang": [self.source_lang] * len(rows) + [self.group_lang[g] for g in groups.tolist()],
             "source_index": torch.cat([source_index, source_index]),
         }
         if self.teacher is not None:
-            embeds = torch.from_numpy(np.asarray(self.teacher[self.teacher_row[rows]], dtype=np.float16))
+            embeds = torch.from_numpy(np.asarray(self.teacher[sources], dtype=np.float16))
             batch["teacher_embeds"] = torch.cat([embeds, embeds])
         else:
-            batch["teacher_input_ids"], batch["teacher_attention_mask"] = pad_batch(
-                [self.teacher_tokens[r] for r in rows], self.teacher_pad_id, self.teacher_width)
+            flat, offsets = self.store.teacher_source.gather(sources)
+            batch["teacher_input_ids"], batch["teacher_attention_mask"] = pad_flat(
+                flat, offsets, self.teacher_pad_id, self.pad_multiple, self.teacher_width)
         return batch
 
 
 class ParallelTextData:
-    """Builds phase-1 batches. `setup()` reads, tokenises and fills the teacher cache once."""
+    """Builds phase-1 batches. `setup()` opens (or builds once) the corpus store and the teacher cache."""
 
     def __init__(self, corpora: list[dict], languages: list[str], batch_size: int, student: str,
-                 teacher: str, student_tokenizer: str | None = None, student_max_length: int = 77, teacher_max_length: int = 77,
-                 teacher_cache: bool = True, cache_dir: str = "~/.cache/altclip_train", val_size: int = 500,
-                 eval_batch_size: int = 256, num_workers: int = 0, bucket_by_length: bool = True,
+                 teacher: str, student_tokenizer: str | None = None, student_max_length: int = 77,
+                 teacher_max_length: int = 77, teacher_cache: bool = True, cache_dir: str = "~/.cache/altclip_train",
+                 val_size: int = 500, eval_batch_size: int = 256, num_workers: int = 0, bucket_by_length: bool = True,
                  seed: int = 0, source_lang: str = "en", teacher_batch_size: int = 256,
-                 trust_remote_code: bool = False, pad_to_max_length: bool = False):
+                 trust_remote_code: bool = False, pad_to_max_length: bool = False,
+                 pad_to_multiple_of: int | str | None = "auto", language_temperature: float | None = None,
+                 tokenize_num_proc: int | str = "auto", cache_verify: str = "stat",
+                 cache_chunk_rows: int | None = None):
         if not corpora:
             raise ValueError("data.corpora is empty: list at least one parallel corpus")
-        self.specs = [CorpusSpec(**dict(corpus)) for corpus in corpora]
+        self.specs = [CorpusSpec.from_config(dict(corpus), position) for position, corpus in enumerate(corpora)]
         for spec in self.specs:
-            if spec.lang not in languages:
+            if spec.lang is not None and spec.lang not in languages:
                 raise ValueError(f"corpus {spec.name}: language '{spec.lang}' is not in data.languages {list(languages)}")
+        if language_temperature is not None and not 0 <= float(language_temperature) <= 1:
+            raise ValueError(f"data.language_temperature={language_temperature}: use an exponent in [0, 1] "
+                             f"(1 keeps the natural shares, 0 makes languages uniform) or null")
         self.languages = list(languages)
         self.batch_size = batch_size
+        self.student = student
         self.student_tokenizer = student_tokenizer or student
         self.teacher = teacher
         self.student_max_length = student_max_length
@@ -212,87 +137,123 @@ class ParallelTextData:
         # Fixed-width padding (the original AltCLIP helpers' way) exists only to measure what per-batch
         # padding saves; see bench/phase1_distill.py.
         self.pad_to_max_length = pad_to_max_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.language_temperature = language_temperature
+        self.tokenize_num_proc = tokenize_num_proc
+        self.cache_verify = cache_verify
+        self.cache_chunk_rows = cache_chunk_rows
         self.skipped: Counter = Counter()
+        self.timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- setup
     def setup(self, accelerator) -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
         self.grad_accum = getattr(accelerator, "gradient_accumulation_steps", 1)
         if self.batch_size % (self.world_size * self.grad_accum):
             raise ValueError(f"data.batch_size={self.batch_size} does not split evenly over {self.world_size} "
                              f"processes x {self.grad_accum} accumulation steps")
-        corpora = [load_corpus(spec, self.source_lang) for spec in self.specs]
-        for corpus in corpora:
-            self.skipped.update(corpus.skipped)
-        tokenizer = AutoTokenizer.from_pretrained(self.student_tokenizer, trust_remote_code=self.trust_remote_code)
+        remote = {"trust_remote_code": self.trust_remote_code}
+        tokenizer = AutoTokenizer.from_pretrained(self.student_tokenizer, **remote)
+        teacher_tokenizer = AutoTokenizer.from_pretrained(self.teacher, **remote)
+        student_max = capped_max_length(self.student_max_length, tokenizer, AutoConfig.from_pretrained(self.student, **remote),
+                                        "data.student_max_length")
+        teacher_max = capped_max_length(self.teacher_max_length, teacher_tokenizer,
+                                        AutoConfig.from_pretrained(self.teacher, **remote), "data.teacher_max_length")
+        started = time.perf_counter()
+        self.store = open_or_build(self.specs, self.languages, Tokenization(tokenizer, student_max),
+                                   Tokenization(teacher_tokenizer, teacher_max), self.cache_dir,
+                                   num_proc=self._num_proc(), accelerator=accelerator)
+        self.timings["corpus_s"] = time.perf_counter() - started
+        self.skipped.update(self.store.skipped)
 
-        sources, targets, langs, corpus_of_row, group_rows, val_rows = [], [], [], [], [], []
-        for index, corpus in enumerate(corpora):
-            start = len(sources)
-            rows = np.arange(start, start + len(corpus.source))
-            held_out = min(self.val_size, len(rows) // 10) if self.val_size else 0
-            order = np.random.default_rng([self.seed, index]).permutation(rows)
-            val_rows.append(np.sort(order[:held_out]))
-            group_rows.append(np.sort(order[held_out:]))
-            sources += corpus.source
-            targets += corpus.target
-            langs += [corpus.spec.lang] * len(corpus.source)
-            corpus_of_row += [index] * len(corpus.source)
-
-        unique_sources, source_index = np.unique(np.asarray(sources, dtype=object), return_inverse=True)
-        self.unique_sources = unique_sources = unique_sources.tolist()
-        student_ids = self._tokenize(tokenizer, unique_sources, self.student_max_length, "student (English)")
-        target_ids = self._tokenize(tokenizer, targets, self.student_max_length, "student (translations)")
-        teacher_embeds, teacher_tokens, teacher_pad = None, None, 0
-        if self.use_teacher_cache:
-            teacher_embeds = self._teacher_targets(unique_sources, accelerator)
-        else:
-            teacher_tokenizer = AutoTokenizer.from_pretrained(self.teacher, trust_remote_code=self.trust_remote_code)
-            teacher_tokens = [teacher_tokenizer(s, truncation=True, max_length=self.teacher_max_length)["input_ids"]
-                              for s in sources]
-            teacher_pad = teacher_tokenizer.pad_token_id or 0
+        started = time.perf_counter()
+        teacher_embeds = self._teacher_targets(accelerator, teacher_max) if self.use_teacher_cache else None
+        self.timings["teacher_cache_s"] = time.perf_counter() - started
         self.rows = PairRows(
-            student_ids=[student_ids[i] for i in source_index], source_ids=source_index, target_ids=target_ids,
-            langs=langs, source_lang=self.source_lang, pad_id=tokenizer.pad_token_id, teacher=teacher_embeds,
-            teacher_row=source_index, teacher_tokens=teacher_tokens, teacher_pad_id=teacher_pad,
-            student_width=self.student_max_length if self.pad_to_max_length else None,
-            teacher_width=self.teacher_max_length if self.pad_to_max_length else None)
-        lengths = np.array([max(len(self.rows.student_source[i]), len(target_ids[i])) for i in range(len(langs))])
-        self.plan = BatchPlan(lengths=lengths, groups=group_rows, weights=[s.weight for s in self.specs],
-                              global_batch_size=self.batch_size, seed=self.seed,
-                              bucket_by_length=self.bucket_by_length)
-        self.val_plan = np.concatenate(val_rows) if val_rows else np.zeros(0, dtype=np.int64)
-        self.val_plan = self.val_plan[np.argsort(lengths[self.val_plan], kind="stable")]
+            self.store, self.source_lang, tokenizer.pad_token_id, teacher_embeds,
+            teacher_pad_id=teacher_tokenizer.pad_token_id or 0,
+            pad_multiple=resolve_pad_multiple(self.pad_to_multiple_of, accelerator.device),
+            student_width=student_max if self.pad_to_max_length else None,
+            teacher_width=teacher_max if self.pad_to_max_length else None)
+        self._plan_batches()
+
+    def _num_proc(self) -> int:
+        if self.tokenize_num_proc == "auto":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            return max(1, min(16, cores))
+        return max(1, int(self.tokenize_num_proc))
+
+    def _plan_batches(self) -> None:
+        """Per (corpus, language) group: hold out validation rows, then plan the epochs over the rest."""
+        lengths = self.store.pair_length
+        train_groups, val_rows = [], []
+        for index, group in enumerate(self.store.groups):
+            rows = self.store.group_rows(index)
+            held_out = min(self.val_size, len(rows) // 10) if self.val_size else 0
+            order = np.random.default_rng([self.seed, index]).permutation(len(rows))
+            val_rows.append(np.sort(rows[order[:held_out]]))
+            train_groups.append(np.sort(rows[order[held_out:]]))
+        corpus_weights = [self.specs[group["corpus"]].weight for group in self.store.groups]
+        weights = language_weights([len(rows) for rows in train_groups], [g["lang"] for g in self.store.groups],
+                                   corpus_weights, self.language_temperature)
+        self.plan = BatchPlan(lengths=lengths, groups=train_groups, weights=weights,
+                              global_batch_size=self.batch_size, seed=self.seed, bucket_by_length=self.bucket_by_length)
+        val_plan = np.concatenate(val_rows) if val_rows else np.zeros(0, dtype=np.int64)
+        self.val_plan = val_plan[np.argsort(np.asarray(lengths[val_plan]), kind="stable")]
         if self.plan.num_batches(0) == 0:
             raise ValueError(f"the training split has fewer pairs than data.batch_size={self.batch_size}")
         log.info("phase-1 data: %d training pairs in %d corpora, %d held out, %d unique English sentences",
-                 sum(len(g) for g in group_rows), len(corpora), len(self.val_plan), len(unique_sources))
+                 sum(len(g) for g in train_groups), len(self.specs), len(self.val_plan), self.store.num_sources)
 
-    def _tokenize(self, tokenizer, texts: list[str], max_length: int, what: str) -> list[list[int]]:
-        out = []
-        for start in range(0, len(texts), 10_000):
-            out += tokenizer(texts[start:start + 10_000], truncation=True, max_length=max_length)["input_ids"]
-        return out
+    def _teacher_targets(self, accelerator, teacher_max: int) -> np.ndarray:
+        from altclip_train.models.teacher import TeacherTextEncoder, describe_teacher, teacher_text_dim
 
-    def _teacher_targets(self, unique_sources: list[str], accelerator) -> np.ndarray:
-        from altclip_train.models.teacher import TeacherTextEncoder, describe_teacher
-
-        cache = EmbeddingCache(self.cache_dir, "teacher_text", describe_teacher(self.teacher, self.teacher_max_length),
-                               hash_strings(unique_sources), len(unique_sources))
+        store, encoder, stats = self.store, [], {"forward_s": 0.0, "rows": 0}
+        cache = EmbeddingCache(self.cache_dir, "teacher_text", describe_teacher(self.teacher, teacher_max),
+                               store.key, store.num_sources, teacher_text_dim(self.teacher, self.trust_remote_code),
+                               chunk_rows=self.cache_chunk_rows)
+        lengths = store.source_length("teacher")
+        pad_id = None
 
         def compute(start: int, stop: int) -> np.ndarray:
-            encoder = TeacherTextEncoder(self.teacher, self.teacher_max_length, accelerator.device,
-                                         trust_remote_code=self.trust_remote_code)
-            return encoder.encode(unique_sources[start:stop], self.teacher_batch_size,
-                                  show_progress=accelerator.is_local_main_process)
+            nonlocal pad_id
+            if not encoder:  # loaded on the first missing chunk only: a complete cache never loads the teacher
+                encoder.append(TeacherTextEncoder(self.teacher, teacher_max, accelerator.device,
+                                                  trust_remote_code=self.trust_remote_code))
+                pad_id = encoder[0].tokenizer.pad_token_id or 0
+            rows = np.arange(start, stop)
+            # Sorting by length inside the chunk keeps padding small; the chunk's batches are fixed, so a
+            # resumed build computes exactly the vectors an uninterrupted one does.
+            rows = rows[np.argsort(np.asarray(lengths[start:stop]), kind="stable")]
+            out = np.empty((stop - start, cache.dim), dtype=np.float32)
+            for lo in range(0, len(rows), self.teacher_batch_size):
+                batch_rows = rows[lo:lo + self.teacher_batch_size]
+                ids, mask = pad_flat(*store.teacher_source.gather(batch_rows), pad_id)
+                began = time.perf_counter()
+                vectors = encoder[0].encode_tokens(ids, mask).cpu().numpy()
+                stats["forward_s"] += time.perf_counter() - began
+                out[batch_rows - start] = vectors
+            stats["rows"] += stop - start
+            return out
 
-        return cache.load_or_build(compute, accelerator)
+        embeddings = cache.load_or_build(compute, accelerator, verify=self.cache_verify, desc="teacher targets")
+        report = cache.report
+        if report.chunks_built:
+            rate = stats["rows"] / max(report.seconds, 1e-9)
+            log.info("teacher cache: %d of %d chunks built on this rank (%d sentences, %.0f sentences/s, %.0f%% of "
+                     "the time inside the teacher forward)", report.chunks_built, cache.entry.num_chunks,
+                     stats["rows"], rate, 100 * stats["forward_s"] / max(report.seconds, 1e-9))
+        else:
+            log.info("teacher cache: reusing %s (%d sentences)", cache.dir, store.num_sources)
+        self.teacher_cache_stats = {**stats, "seconds": report.seconds, "chunks_built": report.chunks_built}
+        del encoder[:]
+        return embeddings
 
-    def rows_source_texts(self) -> list[str]:
+    def source_texts(self, rows: np.ndarray | None = None) -> list[str]:
         """The distinct English sentences, in the order of the teacher-target rows."""
-        return self.unique_sources
+        return self.store.source_texts(rows)
 
     # ---------------------------------------------------------------- batches
     def num_train_batches(self, epoch: int = 0) -> int:
@@ -308,18 +269,10 @@ class ParallelTextData:
             for step in range(self.grad_accum):
                 share = rank_slice(rows, self.rank * self.grad_accum + step, pieces)
                 items.append((share, np.ones(len(share), dtype=bool)))
-        return iter(self._loader(items))
+        return iter(make_loader(self.rows, self.seed, sampler=items, num_workers=self.num_workers))
 
     def val_batches(self) -> Iterator[dict[str, Any]]:
         size = self.eval_batch_size
         chunks = [self.val_plan[s:s + size] for s in range(0, len(self.val_plan), size)]
-        return iter(self._loader([padded_rank_slice(c, self.rank, self.world_size) for c in chunks]))
-
-    def _loader(self, items: list) -> DataLoader:
-        # A private generator: creating a loader must not draw from the global RNG, or dropout
-        # masks would depend on how many loaders (evaluations, resumes) came before.
-        return DataLoader(self.rows, sampler=items, batch_size=None, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(self.seed))
-
-    def report_skips(self) -> Counter:
-        return self.skipped
+        items = [padded_rank_slice(c, self.rank, self.world_size) for c in chunks]
+        return iter(make_loader(self.rows, self.seed, sampler=items, num_workers=self.num_workers))

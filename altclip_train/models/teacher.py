@@ -83,6 +83,14 @@ class TeacherTextEncoder:
         self.max_length = max_length
         self.device = torch.device(device)
 
+    @torch.inference_mode()
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Targets for already tokenised, padded rows (float32, on the encoder's device)."""
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        attention_mask = attention_mask.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).pooler_output.float()
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length,
                               return_tensors="pt")
