@@ -289,6 +289,9 @@ def train(cfg: DictConfig) -> Path:
     skipped = total_skips(accelerator, skipped, data.skipped)
     if accelerator.is_main_process:
         core.export(final_dir, full_state)
+        from altclip_train.model_card import card_after_training
+
+        card_after_training(final_dir, run_dir)  # README.md with the Hub's front matter, results, the command
         if skipped:
             log.warning("skipped samples: %s", dict(skipped))
         metrics_log.log({f"skipped/{k}": float(v) for k, v in skipped.items()}, state.step)

@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import os
+import pickle
 import shutil
 from collections import Counter
 
@@ -358,6 +359,12 @@ def test_each_bad_sample_counts_once_and_the_epoch_has_the_steps_its_usable_samp
         assert len(batches) == 3
         assert sorted(i for b in batches for i, _ in pairs(b, pair_of_tokens)) == list(range(6))
         assert all(not b.get("skipped") for b in batches)  # counted once, at setup; not again per epoch
+    if mode == "cached":
+        # Spawned workers get the dataset pickled: a memory map travels as its file name, not as a copy.
+        clone = pickle.loads(pickle.dumps(data.pairs))
+        assert np.array_equal(np.asarray(clone.embeddings), np.asarray(data.pairs.embeddings), equal_nan=True)
+        if isinstance(data.pairs.embeddings, np.memmap):
+            assert isinstance(clone.embeddings, np.memmap)
 
 
 def test_streamed_skip_counts_come_from_the_first_pass_only(tiny_teacher, bad_sample_shards, pair_of_tokens,

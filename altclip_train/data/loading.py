@@ -105,3 +105,19 @@ def capped_max_length(configured: int, tokenizer, model_config=None, what: str =
             log.info("%s: max length %d is more than the model holds; tokenising to at most %d", what,
                      configured, cap)
     return cap
+
+
+def tempered_language_shares(counts: dict[str, int], alpha: float | None) -> dict[str, float]:
+    """Temperature sampling over languages (XLM-R, mBART, MetaCLIP 2): p(lang) = n_lang^alpha / sum n^alpha.
+
+    alpha = 1 (or None) keeps the data's own proportions, alpha = 0 makes every language equally likely, and
+    values in between lift the small languages. Languages with no data get share 0.
+    """
+    alpha = 1.0 if alpha is None else float(alpha)
+    if alpha < 0:
+        raise ValueError(f"data.language_temperature must be >= 0, got {alpha}")
+    powered = {lang: float(n) ** alpha if n > 0 else 0.0 for lang, n in counts.items()}
+    total = sum(powered.values())
+    if total <= 0:
+        raise ValueError(f"no data in any language to balance: {dict(counts)}")
+    return {lang: value / total for lang, value in powered.items()}

@@ -11,8 +11,12 @@ Two readers share one extraction step:
 - `ImageTextWebDataset`: the training stream; shards are shuffled per epoch (seed + epoch), split by rank
   and by DataLoader worker, samples go through a shuffle buffer and come out with one caption each.
 
-Bad samples never stop a run: they are dropped and counted per reason, and the counts ride on the next
-sample under "skipped" (then summed per batch by `collate_image_text`), so they survive worker processes.
+Bad samples never stop a run: each dropped sample is counted once, under the first reason that applies
+(missing_image, then bad_json / bad_caption_encoding / bad_caption_entry when they leave it no caption,
+missing_caption, empty_caption, unknown_language, then corrupt_image: the image is decoded only for a sample
+whose captions are usable), plus one "shard_error" per unreadable shard. A caption dropped from a sample that
+keeps another one is not a skipped sample. The counts ride on the next sample under "skipped" (then summed per
+batch by `collate_image_text`), so they survive worker processes.
 
 Do not pass a DataLoader over `ImageTextWebDataset` through `accelerator.prepare`: Accelerate would either
 read everything on rank 0 and broadcast (dispatch_batches) or shard the stream a second time. The dataset
@@ -249,17 +253,23 @@ def _raw_shard_samples(url: str, skip_counts: Counter) -> Iterator[dict]:
 
 
 def _extract_record(sample: dict, url: str, default_lang: str, languages: set[str] | None, skip_counts: Counter):
-    """(record, had_caption_source): the image bytes and usable captions of a sample, or None if it is skipped."""
+    """(record, had_caption_source): the image bytes and usable captions of a sample, or None if it is skipped.
+
+    A skipped sample adds exactly one count, under the first reason that applies; problems of a sample that is
+    kept (a broken json beside a good KEY.txt, one empty caption among several) are not skips.
+    """
     image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
     if image_ext is None:
         skip_counts["missing_image"] += 1
         return None, bool(_caption_candidates(sample, default_lang, None))
-    candidates = _caption_candidates(sample, default_lang, skip_counts)
+    problems: Counter = Counter()
+    candidates = _caption_candidates(sample, default_lang, problems)
     if not candidates:
-        skip_counts["missing_caption"] += 1
-        return None, False
-    captions = _usable_captions(candidates, languages, skip_counts)
+        skip_counts[next(iter(problems), "missing_caption")] += 1
+        return None, bool(problems)
+    captions = _usable_captions(candidates, languages, None)
     if not captions:
+        skip_counts["unknown_language" if any(text for _, text in candidates) else "empty_caption"] += 1
         return None, True
     record = {
         "key": sample["__key__"],
@@ -306,9 +316,9 @@ def iter_image_text_records(
     """Every usable image of the shards, in shard order, in this process.
 
     Yields {"key", "image" (decoded PIL image, or None when decode=False), "image_bytes",
-    "captions": [(lang, text), ...], "url"}. Skips are added to `skip_counts` by reason: "missing_image",
-    "missing_caption", "empty_caption", "unknown_language", "corrupt_image" (only checked when decoding),
-    "shard_error". Only a spec matching no shards raises.
+    "captions": [(lang, text), ...], "url"}. Each skipped sample adds one count to `skip_counts`, under its
+    first reason (see the module docstring; "corrupt_image" is only checked when decoding), and each
+    unreadable shard one "shard_error". Only a spec matching no shards raises.
     """
     shard_urls = expand_shard_urls(urls)
     default_lang = normalize_lang(default_lang) or "en"
@@ -357,7 +367,12 @@ class ImageTextWebDataset(IterableDataset):
     then rank r of R takes shards r, r+R, ... and DataLoader worker w of W takes every W-th of those, so
     each sample is read exactly once per epoch across all ranks and workers. With `resampled=True` every
     reader draws shards with replacement from its own seeded generator, forever or for
-    `samples_per_epoch` samples in total per epoch.
+    `samples_per_epoch` samples in total per epoch (a reader counts a redrawn shard's skips once).
+
+    `caption_choice="random"` draws one usable caption uniformly, or, with `language_weights`
+    ({lang: weight}), with probability proportional to its language's weight (phase 2's
+    `data.language_temperature`); the draw comes from the reader's seeded generator, so a replayed stream
+    draws the same captions.
 
     Rank and world size come from the arguments, else torch.distributed (when initialised), else the
     RANK/WORLD_SIZE environment. Build the dataset after the process group is up.
@@ -378,8 +393,11 @@ class ImageTextWebDataset(IterableDataset):
         samples_per_epoch: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        language_weights: dict[str, float] | None = None,
     ):
         super().__init__()
+        if language_weights is not None and (not language_weights or min(language_weights.values()) <= 0):
+            raise ValueError(f"language_weights must be positive for every language, got {language_weights}")
         if caption_choice not in CAPTION_CHOICES:
             raise ValueError(f"caption_choice must be one of {', '.join(CAPTION_CHOICES)}, got '{caption_choice}'")
         if samples_per_epoch is not None and not resampled:
@@ -399,6 +417,7 @@ class ImageTextWebDataset(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.caption_choice = caption_choice
         self.samples_per_epoch = samples_per_epoch
+        self.language_weights = None if language_weights is None else dict(language_weights)
         self._explicit_rank = None if rank is None else (rank, world_size)
         self._rank_at_build = distributed_rank_and_world_size()
         # Shared memory that torch pickles for fork and spawn workers alike (a multiprocessing.Value's lock
@@ -437,9 +456,13 @@ class ImageTextWebDataset(IterableDataset):
         # With resampling, shards that never yield anything would loop forever without a word; stop instead.
         barren_limit = max(2 * len(self.urls), 10)
         barren_in_a_row = 0
+        counted: set[str] = set()
         for url in shards:
             produced = False
-            for record in _iter_shard_records(url, self.default_lang, self.languages, skip_counts):
+            # A shard drawn again (resampling) holds the same bad samples: count them the first time only.
+            counts = skip_counts if url not in counted else Counter()
+            counted.add(url)
+            for record in _iter_shard_records(url, self.default_lang, self.languages, counts):
                 produced = True
                 yield record
             barren_in_a_row = 0 if produced else barren_in_a_row + 1
@@ -460,7 +483,12 @@ class ImageTextWebDataset(IterableDataset):
             logger.debug("cannot preprocess %s:%s: %s", record["url"], record["key"], error)
             return None
         captions = record["captions"]
-        lang, caption = captions[0] if self.caption_choice == "first" else rng.choice(captions)
+        if self.caption_choice == "first":
+            lang, caption = captions[0]
+        elif self.language_weights is not None:
+            lang, caption = rng.choices(captions, weights=[self.language_weights.get(c[0], 0.0) for c in captions])[0]
+        else:
+            lang, caption = rng.choice(captions)
         return {"pixel_values": pixel_values, "caption": caption, "lang": lang, "key": record["key"]}
 
     def __iter__(self) -> Iterator[dict]:

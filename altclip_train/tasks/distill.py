@@ -104,6 +104,9 @@ class DistillTask(Task):
             model.load_state_dict(strip_prefix(state_dict, "model."))
         model.save_pretrained(output_dir, safe_serialization=True)
         AutoTokenizer.from_pretrained(self.student_tokenizer).save_pretrained(output_dir)
+        from altclip_train.export import add_auto_model_entry
+
+        add_auto_model_entry(output_dir)  # transformers' AutoModel has no entry for AltCLIPTextModel
         return output_dir
 
 
