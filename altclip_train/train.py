@@ -235,7 +235,7 @@ def train(cfg: DictConfig) -> Path:
             detached = {k: v.detach().float() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
             running_loss = detached if running_loss is None else {k: running_loss[k] + v for k, v in detached.items()}
             running_steps += 1
-            pairs_in_window += len(batch.get("lang", ())) or 0
+            pairs_in_window += int(outputs.get("pairs", 0))  # each task counts its own (phase 1: 2 rows a pair)
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
@@ -249,11 +249,11 @@ def train(cfg: DictConfig) -> Path:
                 averaged = {f"train/{k}": accelerator.reduce(v / running_steps, reduction="mean").item()
                             for k, v in running_loss.items()}
                 elapsed = time.perf_counter() - window_start
-                rows_per_s = pairs_in_window * accelerator.num_processes / max(elapsed, 1e-9)
-                averaged.update({"train/lr": optimizer.param_groups[0]["lr"], "train/rows_per_s": rows_per_s,
+                pairs_per_s = pairs_in_window * accelerator.num_processes / max(elapsed, 1e-9)
+                averaged.update({"train/lr": optimizer.param_groups[0]["lr"], "train/pairs_per_s": pairs_per_s,
                                  "train/epoch": state.epoch})
                 metrics_log.log(averaged, state.step)
-                progress.set_postfix(loss=f"{averaged['train/loss']:.4g}", rows_s=f"{rows_per_s:.0f}")
+                progress.set_postfix(loss=f"{averaged['train/loss']:.4g}", pairs_s=f"{pairs_per_s:.0f}")
                 running_loss, running_steps, window_start, pairs_in_window = None, 0, time.perf_counter(), 0
 
             # ---- evaluate
@@ -281,7 +281,7 @@ def train(cfg: DictConfig) -> Path:
     progress.close()
 
     # ---- final evaluation, checkpoint and export
-    final_metrics = evaluate()
+    evaluate()
     if cfg.trainer.save_every and state.step % cfg.trainer.save_every:
         checkpoint()
     full_state = full_state_dict(accelerator, task, frozen)
@@ -299,7 +299,6 @@ def train(cfg: DictConfig) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     preemption.restore()
-    train.last_metrics = final_metrics
     return final_dir
 
 

@@ -1,7 +1,8 @@
 """The Task contract shared by both phases, and freezing by name patterns.
 
 A task is an `nn.Module` that owns a model and its loss. `forward(batch)` returns a dict with a
-scalar "loss" plus any float metrics; the training loop only ever sums and logs that dict, so it
+scalar "loss", any float metrics (tensors) and "pairs" (an int: the batch's training pairs, which the
+loop turns into train/pairs_per_s); the training loop only ever sums and logs that dict, so it
 never needs to know which phase it runs. Freezing is declared as regex patterns over parameter
 names (big_vision style): frozen parameters get no gradient, are left out of the optimizer, and
 the modules that hold only frozen parameters stay in eval mode even while the task trains.

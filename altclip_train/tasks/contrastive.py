@@ -35,6 +35,10 @@ class ContrastiveTask(Task):
         self.model.logit_scale = nn.Parameter(self.model.logit_scale.detach().reshape(1).clone())
         self.loss = build_contrastive_loss(loss, **(loss_options or {}))
         self.logit_bias = nn.Parameter(torch.tensor([self.loss.init_logit_bias])) if self.loss.uses_logit_bias else None
+        if self.loss.init_logit_scale is not None:
+            # SigLIP starts from its own scale (log 10 with bias -10), not the teacher's softmax temperature.
+            with torch.no_grad():
+                self.model.logit_scale.fill_(self.loss.init_logit_scale)
         self.freeze(freeze)
         self.evaluator = evaluator
 
@@ -59,7 +63,8 @@ class ContrastiveTask(Task):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image, text = self.image_embeddings(batch), self.text_embeddings(batch)
         loss = self.loss(image, text, self.model.logit_scale.squeeze(), self._bias())
-        return {"loss": loss, "logit_scale": self.model.logit_scale.detach().squeeze().exp()}
+        return {"loss": loss, "logit_scale": self.model.logit_scale.detach().squeeze().exp(),
+                "pairs": batch["input_ids"].shape[0]}
 
     def _bias(self):
         return self.logit_bias.squeeze() if self.logit_bias is not None else None

@@ -58,7 +58,9 @@ class DistillTask(Task):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         target = self.teacher_targets(batch)
-        return {"loss": distill_mse_loss(self.student_embeddings(batch), target)}
+        # Student rows come two per pair (English, translation); the loop logs pairs/s from this.
+        pairs = batch["student_input_ids"].shape[0] // 2
+        return {"loss": distill_mse_loss(self.student_embeddings(batch), target), "pairs": pairs}
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, Any]], accelerator) -> dict[str, float]:
