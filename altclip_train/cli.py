@@ -7,7 +7,10 @@ Utility commands (export, prepare-wds, cache-images, demo) take ordinary options
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -38,6 +41,11 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+# The key each command reads its output dir from; `run_dir=X` on the command line is kept as an
+# alias for `hydra.run.dir=X` (and `hydra.sweep.dir=X/sweep`), so a run never splits in two.
+OUTPUT_KEYS = {"distill": "run_dir", "contrastive": "run_dir", "eval": "output_dir"}
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -45,6 +53,63 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("tiny_asset"):
         OmegaConf.register_new_resolver("tiny_asset", tiny_asset)
+    if not OmegaConf.has_resolver("latest_output"):
+        OmegaConf.register_new_resolver("latest_output", latest_output)
+
+
+# --------------------------------------------------------------------------- where runs land
+def output_record(name: str) -> Path:
+    from altclip_train.assets import cache_root
+
+    return cache_root() / "runs" / f"{name}.json"
+
+
+def record_output(name: str, final_dir: Path) -> None:
+    """Note where run `name` exported its model, so a later phase finds it wherever it landed."""
+    record = output_record(name)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    staging = record.with_name(f".{record.name}.{os.getpid()}")
+    staging.write_text(json.dumps({"name": name, "final": str(Path(final_dir).resolve())}) + "\n")
+    os.replace(staging, record)
+
+
+def latest_output(name: str, output_root: str = "outputs") -> str:
+    """`${latest_output:distill-tiny,${output_root}}`: the model dir the newest run called `name`
+    exported; else its default place (<output_root>/<name>/final); else one line saying where it looked."""
+    record, default = output_record(name), Path(output_root) / name / "final"
+    looked = []
+    if record.is_file():
+        final = Path(json.loads(record.read_text())["final"])
+        if (final / "config.json").is_file():
+            return str(final)
+        looked.append(f"{final} (recorded in {record})")
+    else:
+        looked.append(f"{record} (no record)")
+    if (default / "config.json").is_file():
+        return str(default.resolve())
+    looked.append(str(default.resolve()))
+    raise UserError(f"no model from a run named '{name}': looked in {' and '.join(looked)}; "
+                    f"run that phase first or give the model dir explicitly")
+
+
+def output_aliases(command: str, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """`run_dir=X` (`output_dir=X` for eval) becomes `hydra.run.dir=X hydra.sweep.dir=X/sweep`."""
+    alias = OUTPUT_KEYS.get(command)
+    result = []
+    for override in overrides:
+        name, sep, value = override.partition("=")
+        if alias is None or not sep or name != alias:
+            result.append(override)
+            continue
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        if OverridesParser.create().parse_override(override).is_sweep_override():
+            raise UserError(f"{override}: {alias} takes one directory; to sweep, set hydra.sweep.dir and sweep "
+                            "other keys")
+        quoted = len(value) > 1 and value[0] == value[-1] and value[0] in "'\""
+        sweep = value[:-1] + "/sweep" + value[-1] if quoted else value + "/sweep"
+        result += [f"hydra.run.dir={value}", f"hydra.sweep.dir={sweep}"]
+    return result
 
 
 def search_path_overrides(command: str) -> list[str]:
@@ -53,12 +118,23 @@ def search_path_overrides(command: str) -> list[str]:
 
 
 def compose_config(command: str, overrides: list[str] | tuple[str, ...] = ()):
-    """The config a command would run with, composed without starting a Hydra app (for tests/tools)."""
+    """The config a command would run with, composed without starting a Hydra app (for tests/tools).
+
+    Its output dir is what Hydra would make `${hydra:runtime.output_dir}` for a single run:
+    `hydra.run.dir`, made absolute.
+    """
     from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=command, overrides=[*overrides, *search_path_overrides(command)])
+        cfg = compose(config_name=command, return_hydra_config=True,
+                      overrides=[*output_aliases(command, overrides), *search_path_overrides(command)])
+    with open_dict(cfg):
+        if OUTPUT_KEYS.get(command) in cfg:
+            cfg[OUTPUT_KEYS[command]] = os.path.abspath(cfg.hydra.run.dir)
+        del cfg["hydra"]
+    return cfg
 
 
 def command_function(command: str) -> Callable:
@@ -78,34 +154,104 @@ def run_hydra_command(command: str, overrides: list[str]) -> None:
     function = command_function(command)
 
     def app(cfg) -> None:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+        register_resolvers()  # again: a launcher may run the job in a fresh process
+        result = report_user_errors(function, cfg)
+        if command in ("distill", "contrastive") and isinstance(result, Path) and int(os.environ.get("RANK", "0")) == 0:
+            record_output(cfg.name, result)
 
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode == RunMode.MULTIRUN and "run_dir" in cfg:
-            # Each sweep job gets its own run dir (<run_dir>/sweep/<n>), so jobs never resume each
-            # other's checkpoints, while a requeued job still finds its own.
-            cfg.run_dir = hydra_cfg.runtime.output_dir
-        report_user_errors(function, cfg)
+    try:
+        hydra_overrides = [*output_aliases(command, overrides), *search_path_overrides(command)]
+    except UserError as error:
+        fail(str(error))
+    sys.argv = [f"altclip-train {command}", *hydra_overrides]
+    # Hydra prints its own multi-line reports unless asked to raise; raise, and say it in one line.
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    user_wants_traceback = bool(previous or os.environ.get("ALTCLIP_DEBUG"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra.main(config_path=str(CONFIG_DIR), config_name=command, version_base="1.3")(app)()
+    except Exception as error:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
 
-    sys.argv = [f"altclip-train {command}", *overrides, *search_path_overrides(command)]
-    hydra.main(config_path=str(CONFIG_DIR), config_name=command, version_base="1.3")(app)()
+        if user_wants_traceback or not isinstance(error, (HydraException, OmegaConfBaseException)):
+            raise
+        fail(hydra_error_line(error, command, overrides))
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
+
+
+def hydra_error_line(error: Exception, command: str, overrides: list[str]) -> str:
+    """One line for a config that does not compose: unknown key or option, unreadable override."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        if group and error.options:
+            return f"{group}={option}: no such {group}; choose one of {', '.join(error.options)}"
+        return f"config '{error.missing_cfg_file}' not found"
+    if isinstance(error, OverrideParseException):
+        return f"cannot read override '{error.override}': {one_line(error.message)}"
+    cause = error.__cause__
+    full_key = getattr(cause, "full_key", None)
+    if full_key and "not in struct" in str(cause):
+        return f"{full_key}: unknown key ({unknown_key_hint(command, overrides, full_key)})"
+    return one_line(cause if full_key else error)
+
+
+def unknown_key_hint(command: str, overrides: list[str], full_key: str) -> str:
+    parent, _, name = full_key.rpartition(".")
+    others = [o for o in overrides if not o.lstrip("+~").startswith(full_key + "=")]
+    try:
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.select(compose_config(command, others), parent) if parent else compose_config(command, others)
+        keys = [str(k) for k in node.keys()] if hasattr(node, "keys") else []
+    except Exception:
+        keys = []
+    close = difflib.get_close_matches(name, keys, n=1)
+    if close:
+        return f"did you mean {parent + '.' if parent else ''}{close[0]}?"
+    return f"{parent or 'the top level'} has {', '.join(keys)}" if keys else "check its spelling"
+
+
+def one_line(error: Exception | str) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    line = re.sub(r"^\w+ raised while resolving interpolation: ", "", line)
+    full_key = getattr(error, "full_key", None)
+    return f"{full_key}: {line}" if full_key and not line.startswith(str(full_key)) else line
+
+
+def fail(message: str) -> None:
+    print(f"altclip-train: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def report_user_errors(function: Callable, *args):
-    """Bad input (missing file, unknown column, broken data) ends with one line, not a traceback."""
-    from omegaconf.errors import ValidationError
+    """Bad input (missing file, unknown column, broken data, bad config) ends with one line, not a traceback."""
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
 
     from altclip_train.models.student import NotAStudentCheckpoint
 
+    user_errors = (UserError, FileNotFoundError, NotAStudentCheckpoint, ValueError)
     try:
         return function(*args)
-    except (UserError, FileNotFoundError, NotAStudentCheckpoint, ValueError, ValidationError) as error:
+    except (*user_errors, InstantiationException, OmegaConfBaseException) as error:
         if os.environ.get("ALTCLIP_DEBUG"):
             raise
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"altclip-train: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        if isinstance(error, InstantiationException):
+            # A constructor's own complaint, e.g. a model that is not there: say it with its key.
+            cause = error.__cause__
+            if not isinstance(cause, (*user_errors, OSError)):
+                raise
+            where = re.search(r"full_key: (\S+)", str(error))
+            fail(f"{where.group(1) + ': ' if where else ''}{one_line(cause)}")
+        fail(one_line(error))
 
 
 def run_tool(command: str, argv: list[str]) -> None:

@@ -209,13 +209,15 @@ class ContrastiveLoss:
     ``loss(image_embeds, text_embeds, logit_scale, logit_bias=None)``.
 
     ``init_logit_bias`` is the starting value for the bias parameter the task must create when
-    the loss uses one (None: the loss takes no bias).
+    the loss uses one (None: the loss takes no bias); ``init_logit_scale`` the (log) scale the task
+    starts from (None: the model's own, e.g. the teacher CLIP's).
     """
 
     name: str
     fn: Callable[..., Tensor]
     init_logit_bias: float | None
     options: dict = field(default_factory=dict)
+    init_logit_scale: float | None = None
 
     @property
     def uses_logit_bias(self) -> bool:
@@ -237,9 +239,10 @@ class ContrastiveLoss:
         return self.fn(image_embeds, text_embeds, logit_scale, **self.options)
 
 
-_CONTRASTIVE_LOSSES: dict[str, tuple[Callable[..., Tensor], float | None]] = {
-    "clip": (clip_contrastive_loss, None),
-    "sigmoid": (sigmoid_contrastive_loss, SIGLIP_INIT_LOGIT_BIAS),
+# name -> (loss, initial logit bias, initial log logit scale)
+_CONTRASTIVE_LOSSES: dict[str, tuple[Callable[..., Tensor], float | None, float | None]] = {
+    "clip": (clip_contrastive_loss, None, None),
+    "sigmoid": (sigmoid_contrastive_loss, SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE),
 }
 
 
@@ -249,5 +252,6 @@ def build_contrastive_loss(name: str, **options) -> ContrastiveLoss:
     if name not in _CONTRASTIVE_LOSSES:
         choices = ", ".join(sorted(_CONTRASTIVE_LOSSES))
         raise ValueError(f"unknown contrastive loss '{name}'; choose one of: {choices}")
-    fn, init_logit_bias = _CONTRASTIVE_LOSSES[name]
-    return ContrastiveLoss(name=name, fn=fn, init_logit_bias=init_logit_bias, options=dict(options))
+    fn, init_logit_bias, init_logit_scale = _CONTRASTIVE_LOSSES[name]
+    return ContrastiveLoss(name=name, fn=fn, init_logit_bias=init_logit_bias, options=dict(options),
+                           init_logit_scale=init_logit_scale)

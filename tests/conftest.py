@@ -76,7 +76,5 @@ def distill_overrides(teacher: Path, student: Path, corpora_dir: Path, run_dir: 
     corpora = ",".join(f"{{lang: {lang}, path: '{corpora_dir / (lang + '.tsv')}'}}" for lang in ("zh", "fr", "ja"))
     return [
         f"model.teacher={teacher}", f"model.student={student}", f"data.corpora=[{corpora}]",
-        f"run_dir={run_dir}", "data.batch_size=8", "data.val_size=8", "data.num_workers=0",
-        "optim.lr=1e-3", "optim.warmup_steps=2", "trainer.max_steps=6", "trainer.log_every=2",
-        "trainer.eval_every=3", "trainer.save_every=3", "logger=jsonl", *extra,
+        f"run_dir={run_dir}", "debug=default", *extra,  # configs/phases/distill/debug/default.yaml
     ]

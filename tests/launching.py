@@ -211,10 +211,8 @@ def contrastive_overrides(teacher: Path, phase1: Path, shards: Path, run_dir: Pa
     """A few-step CPU phase-2 run on cached image embeddings; 2 global batches of 8 pairs per epoch."""
     return [
         f"model.model.teacher={teacher}", f"model.model.student={phase1}", f"data.shards={shards}",
-        f"run_dir={run_dir}", "data.batch_size=8", "data.eval_batch_size=8", "data.num_workers=0",
-        f"data.languages=[{','.join(PAIR_LANGS)}]", "data.cache_batch_size=8", "optim.lr=1e-3",
-        "optim.warmup_steps=1", "trainer.max_steps=6", "trainer.log_every=1", "trainer.eval_every=0",
-        "trainer.eval_at_start=false", "trainer.save_every=3", "logger=jsonl", *extra,
+        f"run_dir={run_dir}", f"data.languages=[{','.join(PAIR_LANGS)}]",
+        "debug=default", *extra,  # configs/phases/contrastive/debug/default.yaml
     ]
 
 

@@ -2,7 +2,7 @@
 
 From the teacher come the vision tower (its config copied, so ViT-L/14 stays ViT-L/14),
 `visual_projection`, `text_projection` and `logit_scale`; from phase 1 comes the text tower. Also
-builds plain CLIP models (random init from a config, or pretrained) for the two-tower case.
+builds plain CLIP models (random init from a config) for the two-tower case.
 """
 
 from __future__ import annotations
@@ -44,17 +44,6 @@ def clip_from_config(config: str, seed: int = 0) -> CLIPModel:
         raise FileNotFoundError(f"CLIP config not found: {config}")
     torch.manual_seed(seed)
     return CLIPModel(clip_config)
-
-
-def load_pretrained(name_or_path: str, trust_remote_code: bool = False):
-    """A CLIPModel or AltCLIPModel checkpoint (hub id or dir), to continue training it."""
-    from transformers import AutoConfig
-
-    model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
-    classes = {"clip": CLIPModel, "altclip": AltCLIPModel}
-    if model_type not in classes:
-        raise ValueError(f"{name_or_path} is a '{model_type}' model; expected a CLIP or AltCLIP checkpoint")
-    return classes[model_type].from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
 
 
 def build_processor(model_type: str, tokenizer: str, image_processor: str):
