@@ -119,3 +119,29 @@ def block_matmul_params(model: nn.Module) -> int:
     what `TowerShape.block_params` assumes, to check a config against the model it builds."""
     return sum(module.weight.numel() for name, module in model.named_modules()
                if isinstance(module, nn.Linear) and "encoder." in f"{name}.")
+
+
+def phase1_batch_flops(batch: dict, student: TowerShape, teacher: TowerShape | None = None) -> float:
+    """A phase-1 micro-batch (DESIGN's batch keys): the student trained on every row, plus the teacher's
+    forward when the batch carries its tokens (a live teacher) rather than cached `teacher_embeds`."""
+    flops = student.flops(real_lengths(batch["student_attention_mask"]), trained=True)
+    if "teacher_input_ids" in batch:
+        if teacher is None:
+            raise ValueError("batch runs a live teacher but no teacher shape was given")
+        flops += teacher.flops(real_lengths(batch["teacher_attention_mask"]), trained=False)
+    return flops
+
+
+def phase2_batch_flops(batch: dict, text: TowerShape, embed_dim: int,
+                       vision: tuple[TowerShape, int] | None = None, global_batch: int | None = None) -> float:
+    """A phase-2 micro-batch: the text tower trained, the CLIP loss, and the frozen image tower's forward
+    when the batch carries `pixel_values` rather than cached `image_embeds`."""
+    rows = batch["input_ids"].shape[0]
+    flops = text.flops(real_lengths(batch["attention_mask"]), trained=True)
+    flops += clip_loss_flops(rows, global_batch or rows, embed_dim)
+    if "pixel_values" in batch:
+        if vision is None:
+            raise ValueError("batch runs the image tower but no vision shape was given")
+        shape, tokens = vision
+        flops += shape.flops(torch.full((batch["pixel_values"].shape[0],), tokens), trained=False)
+    return flops

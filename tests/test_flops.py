@@ -16,6 +16,8 @@ from altclip_train.flops import (
     clip_loss_flops,
     clip_text_shape,
     dense_bf16_peak_tflops,
+    phase1_batch_flops,
+    phase2_batch_flops,
     real_lengths,
     vision_shape,
 )
@@ -111,3 +113,21 @@ def test_peaks_prefer_the_specific_name():
     assert dense_bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert dense_bf16_peak_tflops("NVIDIA H200") == 989.0
     assert dense_bf16_peak_tflops("cpu") is None
+
+
+def test_batch_flops_follow_the_batch_keys():
+    student, teacher = TowerShape(2, 4, 8), TowerShape(1, 4, 8)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    cached = {"student_attention_mask": mask, "teacher_embeds": torch.zeros(2, 4)}
+    live = {"student_attention_mask": mask, "teacher_input_ids": torch.zeros(1, 3), "teacher_attention_mask": mask[:1]}
+    assert phase1_batch_flops(cached, student) == student.flops(torch.tensor([2, 3]), trained=True)
+    assert phase1_batch_flops(live, student, teacher) == (student.flops(torch.tensor([2, 3]), trained=True)
+                                                          + teacher.flops(torch.tensor([2]), trained=False))
+    text, vision = TowerShape(2, 4, 8, per_seq_extra=12), (TowerShape(1, 4, 8, per_seq_extra=20), 5)
+    cached2 = {"input_ids": torch.zeros(2, 3), "attention_mask": mask, "image_embeds": torch.zeros(2, 3)}
+    live2 = {**cached2, "pixel_values": torch.zeros(2, 3, 8, 8)}
+    base = text.flops(torch.tensor([2, 3]), trained=True) + clip_loss_flops(2, 2, 3)
+    assert phase2_batch_flops(cached2, text, 3) == base
+    assert phase2_batch_flops(live2, text, 3, vision) == base + vision[0].flops(torch.tensor([5, 5]), trained=False)
+    with pytest.raises(ValueError):
+        phase1_batch_flops(live, student)
