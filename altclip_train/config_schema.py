@@ -62,7 +62,6 @@ class TrainerSchema:
     signal_check_every: int
     cpu_threads: Union[int, Literal["auto", "none"], None]
     compile: bool
-    compile: bool
 
 
 @dataclass

@@ -98,6 +98,27 @@ def build_optimizer(task, optim: DictConfig) -> torch.optim.Optimizer:
                              eps=optim.eps, fused=fused)
 
 
+def compile_model(task, enabled: bool) -> None:
+    """`trainer.compile`: torch.compile each module the task's forward calls, in place (`nn.Module.compile`),
+    so parameter names, checkpoints and the export are exactly an eager run's (no `_orig_mod.` prefix).
+    Per-batch padding varies the sequence length: the second shape recompiles once with dynamic sizes."""
+    if enabled:
+        for module in task.compiled_modules():
+            module.compile()
+
+
+def training_step(accelerator, task, core, optimizer, batch: dict, grad_clip: float | None) -> dict:
+    """One micro-batch: forward, backward and, on the last micro-batch of a global batch, clip and step."""
+    with accelerator.accumulate(task):
+        outputs = task(batch)
+        accelerator.backward(outputs["loss"])
+        if accelerator.sync_gradients and grad_clip:
+            accelerator.clip_grad_norm_(core.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return outputs
+
+
 def lr_factor(step: int, total_steps: int, optim: DictConfig) -> float:
     """Linear warmup, then cosine/linear decay to `min_lr_ratio`, or constant."""
     if optim.warmup_steps and step < optim.warmup_steps:
@@ -180,6 +201,7 @@ def train(cfg: DictConfig) -> Path:
     frozen = frozen_weights(task) if accelerator.state.deepspeed_plugin is not None else None
     task, optimizer = accelerator.prepare(task, optimizer)
     core = accelerator.unwrap_model(task)
+    compile_model(core, cfg.trainer.compile)
 
     batches_per_epoch = data.num_train_batches(0)
     total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * batches_per_epoch
@@ -225,13 +247,7 @@ def train(cfg: DictConfig) -> Path:
             # ---- single training step (one micro-batch; the optimizer steps once per global batch)
             skipped.update(batch.pop("skipped", None) or {})
             batch = to_device(batch, accelerator.device)
-            with accelerator.accumulate(task):
-                outputs = task(batch)
-                accelerator.backward(outputs["loss"])
-                if accelerator.sync_gradients and cfg.optim.grad_clip:
-                    accelerator.clip_grad_norm_(core.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            outputs = training_step(accelerator, task, core, optimizer, batch, cfg.optim.grad_clip)
             detached = {k: v.detach().float() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
             running_loss = detached if running_loss is None else {k: running_loss[k] + v for k, v in detached.items()}
             running_steps += 1

@@ -57,6 +57,19 @@ class Task(nn.Module):
             module.eval()
         return self
 
+    def checkpoint_activations(self, towers: Iterable[nn.Module]) -> None:
+        """`model.gradient_checkpointing`: the towers that train recompute their layers' activations in
+        backward instead of keeping them (less memory, about a third more compute); frozen towers run
+        without a graph anyway. Call after `freeze`."""
+        for tower in towers:
+            if any(p.requires_grad for p in tower.parameters()):
+                tower.activation_checkpointing_enable({"use_reentrant": False})
+
+    def compiled_modules(self) -> list[nn.Module]:
+        """The modules `forward` calls, which `trainer.compile` compiles in place; override when the
+        forward reaches the model through methods other than `__call__`."""
+        return [self.model]
+
     def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
 

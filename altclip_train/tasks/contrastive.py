@@ -22,7 +22,8 @@ from altclip_train.tasks.distill import strip_prefix
 
 class ContrastiveTask(Task):
     def __init__(self, model: nn.Module, tokenizer: str, image_processor: str, image_model: str | None = None,
-                 freeze: Iterable[str] = (), loss: str = "clip", loss_options: dict | None = None, evaluator=None):
+                 freeze: Iterable[str] = (), loss: str = "clip", loss_options: dict | None = None, evaluator=None,
+                 gradient_checkpointing: bool = False):
         """`image_model` names the checkpoint the frozen image side came from; the data module's
         image-embedding cache is keyed on it, and export records nothing else from it."""
         super().__init__()
@@ -40,7 +41,13 @@ class ContrastiveTask(Task):
             with torch.no_grad():
                 self.model.logit_scale.fill_(self.loss.init_logit_scale)
         self.freeze(freeze)
+        if gradient_checkpointing:
+            self.checkpoint_activations(self.compiled_modules())
         self.evaluator = evaluator
+
+    def compiled_modules(self) -> list[nn.Module]:
+        # The forward reaches the towers through get_text_features / get_image_features, not model(...).
+        return [self.model.text_model, self.model.vision_model]
 
     @property
     def image_side_frozen(self) -> bool:

@@ -26,15 +26,21 @@ log = logging.getLogger(__name__)
 
 class DistillTask(Task):
     def __init__(self, teacher: str, student: str, student_tokenizer: str | None = None,
-                 freeze: Iterable[str] = (), teacher_cache: bool = True, trust_remote_code: bool = False):
+                 freeze: Iterable[str] = (), teacher_cache: bool = True, trust_remote_code: bool = False,
+                 gradient_checkpointing: bool = False):
         super().__init__()
         self.teacher_name = teacher
         self.student_tokenizer = student_tokenizer or student
         self.model = build_student(student, teacher_text_dim(teacher, trust_remote_code), trust_remote_code)
         self.freeze(freeze)
+        if gradient_checkpointing:
+            self.checkpoint_activations([self.model])
         # The live teacher is deliberately not a registered submodule: it is never trained, so it
         # stays out of checkpoints, the optimizer and DDP's gradient buckets.
         self._live_teacher = None if teacher_cache else [load_teacher_text_model(teacher, None, trust_remote_code)]
+
+    def compiled_modules(self) -> list[torch.nn.Module]:
+        return [self.model, *(self._live_teacher or [])]
 
     def teacher_targets(self, batch: dict[str, Any]) -> torch.Tensor:
         if "teacher_embeds" in batch:
