@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 # Phase 1's AltCLIPTextModel has no AutoModel entry in transformers; this file lets AutoModel find transformers'
 # own class (with trust_remote_code=True). It contains no model code.
 AUTO_MODEL_MODULE = "modeling_altclip_text"
-AUTO_MODEL_CODE = '''"""Lets `AutoModel.from_pretrained(..., trust_remote_code=True)` load this AltCLIPTextModel: transformers maps
-no Auto class to it. No model code lives here; the class is transformers' own."""
+AUTO_MODEL_CODE = '''"""Lets `AutoModel.from_pretrained(..., trust_remote_code=True)` load this AltCLIPTextModel:
+transformers maps no Auto class to it. No model code lives here; the class is transformers' own."""
 
 from transformers import AltCLIPTextConfig, AltCLIPTextModel
 

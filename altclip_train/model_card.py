@@ -307,9 +307,13 @@ def build_model_card(model_dir: str | Path, run_dir: str | Path, metrics: dict[s
         base = [_value(cfg, "model.teacher", None), _value(cfg, "model.student", None)]
         hub_datasets = [c.get("hub") for c in _value(cfg, "data.corpora", []) or [] if c.get("hub")]
     else:
-        base = [_value(cfg, "model.model.teacher", None),
-                _value(phase1, "model.student", None) if phase1 is not None else _value(cfg, "model.model.student", None)]
-        hub_datasets = [c.get("hub") for c in _value(phase1, "data.corpora", []) or [] if c.get("hub")] if phase1 else []
+        # The student's base is phase 1's XLM-R when its run is found, else the phase-1 dir itself.
+        if phase1 is not None:
+            student, corpora = _value(phase1, "model.student", None), _value(phase1, "data.corpora", []) or []
+        else:
+            student, corpora = _value(cfg, "model.model.student", None), []
+        base = [_value(cfg, "model.model.teacher", None), student]
+        hub_datasets = [c.get("hub") for c in corpora if c.get("hub")]
         shards = _value(cfg, "data.shards", None)
         if is_hub_id(shards):
             hub_datasets.append(shards)

@@ -282,7 +282,8 @@ def test_every_reader_reads_its_released_layout(data_root):
     assert len(xm3600.images) == 5 and xm3600.skipped == {"missing_image": 1}
     assert xm3600.languages["de"][2] == (2, [CAPTIONS["de"][2]])  # CLIP_benchmark's rule: the first caption
     every = open_benchmark("xm3600", data_root, all_captions=True, languages=["fr"])
-    assert list(every.languages) == ["fr"] and every.languages["fr"][0][1] == [CAPTIONS["fr"][0], CAPTIONS["fr"][0] + " (2)"]
+    assert list(every.languages) == ["fr"]
+    assert every.languages["fr"][0][1] == [CAPTIONS["fr"][0], CAPTIONS["fr"][0] + " (2)"]
 
     babel = open_benchmark("babel_imagenet", data_root)
     assert babel.languages["de"].classes == [1, 2] and babel.languages["de"].names == ["Kaffeebecher", "Raumfähre"]
@@ -322,7 +323,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
     clip = build_tiny_clip(tmp_path_factory.mktemp("clip"), image_size=IMAGE_SIZE, patch=16, hidden=32, layers=1)
     out = tmp_path_factory.mktemp("altclip")
-    texts = [c for captions in CAPTIONS.values() for c in captions] + [n for names in CLASS_NAMES.values() for n in names]
+    texts = [c for captions in CAPTIONS.values() for c in captions]
+    texts += [n for names in CLASS_NAMES.values() for n in names]
     tokenizer = train_xlmr_tokenizer(texts, out, vocab_size=300)
     vision = CLIPConfig.from_pretrained(clip).vision_config.to_dict()
     config = AltCLIPConfig(
@@ -355,7 +357,8 @@ def test_eval_benchmarks_end_to_end_report_has_every_language(data_root, tiny_mo
         assert set(saved["results"][model]) == set(expected)
         for name, languages in expected.items():
             assert set(saved["results"][model][name]) == languages, (model, name)
-        assert set(saved["results"][model]["xtd10"]["ja"]) == {f"{d}_r@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} | {"mean_recall"}
+        recall_names = {f"{d}_r@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} | {"mean_recall"}
+        assert set(saved["results"][model]["xtd10"]["ja"]) == recall_names
         assert set(saved["results"][model]["babel_imagenet"]["de"]) == {"top1", "top5", "mean_per_class_recall"}
         assert result["metrics"][model]["eval/xm3600/t2i_r@1/zh"] == saved["results"][model]["xm3600"]["zh"]["t2i_r@1"]
     assert saved["data"]["xm3600"]["skipped"] == {"missing_image": 1}
@@ -377,7 +380,8 @@ def test_eval_benchmarks_end_to_end_report_has_every_language(data_root, tiny_mo
     assert xtd10 == {"en", "zh", "de", "fr", "jp"}
     assert {d["dataset"] for d in documents} == {"xtd10", "crossmodal3600", "flickr30k-200", "xtd200",
                                                  "babel_imagenet", "imagenet1k"}
-    phase2_de = next(d for d in documents if d["dataset"] == "xtd10" and d["model"] == "phase2" and d["language"] == "de")
+    phase2_de = next(d for d in documents
+                     if d["dataset"] == "xtd10" and d["model"] == "phase2" and d["language"] == "de")
     assert phase2_de["pretrained"] == str(tiny_models["phase2"]) and phase2_de["task"] == "zeroshot_retrieval"
     ours = saved["results"]["phase2"]["xtd10"]["de"]
     assert phase2_de["metrics"]["image_retrieval_recall@5"] == pytest.approx(ours["t2i_r@5"] / 100)

@@ -63,5 +63,6 @@ def read_babel_imagenet(data_root=None, root=None, images=None, languages=None, 
     highest = max(max(s.classes) for s in per_language.values())
     val = locate_val_folder("babel_imagenet", directory, data_root, images)
     used = {c for s in per_language.values() for c in s.classes}
-    samples = [(path, label) for path, label in labelled_images(val, highest + 1, "babel_imagenet", exact=False) if label in used]
+    every = labelled_images(val, highest + 1, "babel_imagenet", exact=False)
+    samples = [(path, label) for path, label in every if label in used]
     return ClassificationBenchmark("babel_imagenet", "babel_imagenet", samples, per_language)

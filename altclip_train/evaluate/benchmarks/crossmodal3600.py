@@ -52,7 +52,8 @@ def captions_of(row: dict, lang: str, where: str) -> list[str]:
     return [c.strip() for c in captions if c.strip()]
 
 
-def read_crossmodal3600(data_root=None, root=None, images=None, languages=None, all_captions=False) -> RetrievalBenchmark:
+def read_crossmodal3600(data_root=None, root=None, images=None, languages=None,
+                        all_captions=False) -> RetrievalBenchmark:
     directory = benchmark_dir(data_root, ["xm3600", "crossmodal3600", "crossmodal-3600"], CAPTIONS_FILE, root)
     captions_path = directory / CAPTIONS_FILE
     rows = read_captions(captions_path)
