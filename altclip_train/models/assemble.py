@@ -23,7 +23,9 @@ def assemble_altclip(teacher: str, student: str, trust_remote_code: bool = False
     if text_model.config.project_dim != teacher_text_dim:
         raise ValueError(f"teacher {teacher} has text width {teacher_text_dim} but student {student} has "
                          f"project_dim {text_model.config.project_dim}; distil against this teacher first")
-    config = AltCLIPConfig(text_config=text_model.config.to_dict(), vision_config=clip.config.vision_config.to_dict(),
+    # Phase 1's auto_map points at a file that only sits next to phase 1's weights; the AltCLIPModel needs none.
+    text_config = {k: v for k, v in text_model.config.to_dict().items() if k != "auto_map"}
+    config = AltCLIPConfig(text_config=text_config, vision_config=clip.config.vision_config.to_dict(),
                            projection_dim=clip.config.projection_dim,
                            logit_scale_init_value=clip.config.logit_scale_init_value)
     model = AltCLIPModel(config)
