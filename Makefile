@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# Corpus scale (BENCHMARKS.md "Corpus scale"): phase-1 setup and the image cache at 3 sizes, ~20 min here.
+bench-scale: $(STAMP)
+	$(PY) bench/scale_phase1.py --json-out bench/results/scale.json
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -24,6 +24,7 @@ per node, however many ranks and workers read it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -60,7 +61,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Tokenization:
     """How one side is tokenised: what is in the key and what the map workers need."""
 
@@ -69,6 +70,23 @@ class Tokenization:
 
     def fingerprint(self) -> dict:
         return {"tokenizer": tokenizer_fingerprint(self.tokenizer), "max_length": self.max_length}
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids with special tokens, truncated to max_length: what `tokenizer(texts, truncation=True,
+        max_length=...)` returns, without building the attention masks and offsets it would throw away."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None or not hasattr(backend, "encode_batch_fast"):
+            return self.tokenizer(texts, truncation=True, max_length=self.max_length,
+                                  return_attention_mask=False)["input_ids"]
+        if getattr(self, "_backend", None) is None:
+            self._backend = copy.deepcopy(backend)  # our own, so truncation settings never leak back
+            self._backend.no_padding()
+            self._backend.enable_truncation(self.max_length, strategy="longest_first",
+                                            direction=getattr(self.tokenizer, "truncation_side", "right"))
+        return [encoding.ids for encoding in self._backend.encode_batch_fast(texts, add_special_tokens=True)]
+
+    def __getstate__(self):
+        return {"tokenizer": self.tokenizer, "max_length": self.max_length}
 
 
 def store_key(specs: list[CorpusSpec], languages: list[str], student: Tokenization, teacher: Tokenization) -> str:
@@ -197,14 +215,15 @@ def open_or_build(specs: list[CorpusSpec], languages: list[str], student: Tokeni
     key = store_key(specs, languages, student, teacher)
     directory = Path(cache_dir).expanduser() / "corpora" / key
 
-    def build(root: Path) -> None:
-        build_store(specs, languages, student, teacher, root, key, num_proc)
+    def build(staging: Path) -> None:
+        build_store(specs, languages, student, teacher, staging, key, num_proc)
 
     def ready() -> None:
         if (directory / "meta.json").is_file():
             log.info("phase-1 corpus: reusing the tokenised store %s", directory)
         else:
             build_once(directory, directory / "meta.json", build)
+            log.info("phase-1 corpus: tokenised store written to %s", directory)
 
     if accelerator is not None and accelerator.num_processes > 1:
         with accelerator.main_process_first():
@@ -216,10 +235,10 @@ def open_or_build(specs: list[CorpusSpec], languages: list[str], student: Tokeni
 
 def build_store(specs: list[CorpusSpec], languages: list[str], student: Tokenization, teacher: Tokenization,
                 directory: Path, key: str, num_proc: int = 1) -> None:
-    """Read, deduplicate and tokenise the corpora into `directory` (staged, renamed when complete)."""
-    staging = directory.with_name(f".{directory.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    """Read, deduplicate and tokenise the corpora into the empty `directory` (`assets.build_once` stages it
+    and renames it into place, so a kill mid-build leaves no entry behind)."""
+    staging = directory
+    staging.mkdir(parents=True, exist_ok=True)
     datasets_cache = str(directory.parent.parent / "datasets")
     timings: dict[str, float] = {}
 
@@ -301,10 +320,8 @@ def build_store(specs: list[CorpusSpec], languages: list[str], student: Tokeniza
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "corpora": [spec.name for spec in specs]}
     (staging / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(staging, directory)
-    log.info("phase-1 corpus: %d pairs (%d unique English) tokenised into %s in %.1f s (read %.1f s, "
-             "tokenise %.1f s)", num_pairs, num_sources, directory, sum(timings.values()),
+    log.info("phase-1 corpus: %d pairs (%d unique English) read and tokenised in %.1f s (read %.1f s, "
+             "tokenise %.1f s)", num_pairs, num_sources, sum(timings.values()),
              timings["read_s"], timings["tokenize_s"])
 
 
@@ -339,8 +356,7 @@ def tokenize_batch(batch: pa.Table, sides: list) -> pa.Table:
     columns = {}
     for prefix, text_column, side, count_unk in sides:
         texts = batch.column(text_column).to_pylist()
-        ids = side.tokenizer(texts, truncation=True, max_length=side.max_length, return_attention_mask=False,
-                             return_token_type_ids=False)["input_ids"]
+        ids = side.encode(texts)
         lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
         offsets = np.zeros(len(ids) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
