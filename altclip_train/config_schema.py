@@ -4,7 +4,7 @@ one line naming its key (`data.batch_size='abc': expected an integer`), never a 
 Each value has one home. The YAML files under `configs/` hold the values; this module holds only
 types and choices:
 - `optim`, `trainer`, `logger` and the top level: the dataclasses below (fields without a default
-  must be set in YAML; fields with one may be left out);
+  must be set in YAML; fields with one may be left out, and that default is never used as a value);
 - `model` and `data`: read from the signature of the callable their `_target_` names (constructor
   annotations), recursively for nested `_target_` nodes, so a parameter added to or removed from a
   data module or task changes what its config accepts with nothing to keep in sync here;
@@ -61,7 +61,7 @@ class TrainerSchema:
     resume: Optional[str]
     signal_check_every: int
     cpu_threads: Union[int, Literal["auto", "none"], None]
-    compile: bool
+    compile: bool = False  # may be left out (older trainer configs); never a value source
 
 
 @dataclass

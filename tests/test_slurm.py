@@ -119,7 +119,7 @@ def test_slurm_launcher_submits_one_task_per_gpu_on_every_node(tmp_path, monkeyp
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="distill", return_hydra_config=True, overrides=[
             "hydra/launcher=slurm", "hydra.launcher.nodes=4", "hydra.launcher.gpus_per_node=8",
-            "hydra.launcher.partition=gpu", "experiment=altclip_m9_distill", f"run_dir={tmp_path / 'run'}",
+            "hydra.launcher.partition=gpu", "experiment=altclip_m9_distill", f"hydra.sweep.dir={tmp_path / 'sweep'}",
             *search_path_overrides("distill")])
     submitted = {}
 
@@ -143,6 +143,7 @@ def test_slurm_launcher_submits_one_task_per_gpu_on_every_node(tmp_path, monkeyp
                  "#SBATCH --partition=gpu", "#SBATCH --signal=USR2@180", "#SBATCH --job-name=altclip_m9_distill"):
         assert line in sbatch, sbatch
     assert "srun" in sbatch
+    assert f"{tmp_path / 'sweep'}/.submitit/" in sbatch  # submitit's files land in the sweep dir
 
 
 @pytest.mark.slow
