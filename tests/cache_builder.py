@@ -4,7 +4,8 @@
 
 INPUTS_JSON names the tiny teacher, student, corpus dir or shards. Every chunk this rank computes is
 appended to LOG as `<rank> <first row>` before it is computed, and each chunk takes DELAY_S longer, so the
-test knows which chunks were started when it killed the build. Writes `<CACHE_DIR>/done-<rank>` at the end.
+test knows which chunks were started when it killed the build; a corpus-store build is logged as
+`<rank> store`. Writes `<CACHE_DIR>/done-<rank>` at the end.
 """
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ def main(kind: str, inputs_file: str, cache_dir: str, log_path: str, delay: floa
         return real(self, logged_compute)
 
     embedding_cache.EmbeddingCache._write_chunk = slow_write_chunk
+    from altclip_train.data import corpus_store
+
+    real_build = corpus_store.build_store
+
+    def counted_build(*args, **kwargs):
+        with open(log_path, "a") as log:
+            log.write(f"{rank} store\n")
+        return real_build(*args, **kwargs)
+
+    corpus_store.build_store = counted_build
     if kind == "teacher":
         from altclip_train.data.parallel import ParallelTextData
 
