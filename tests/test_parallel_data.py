@@ -194,16 +194,25 @@ def test_overlong_sentences_are_capped_at_what_the_student_holds(tiny_teacher, t
 
 
 def test_unk_heavy_language_warns_once(tiny_teacher, tiny_student, tmp_path, caplog):
-    (tmp_path / "ko.tsv").write_text("en\tja\n" + "".join(f"line {i}\t\U0001F600\U0001F680\u0d9a {i}\n"
-                                                          for i in range(20)), encoding="utf-8")
+    from altclip_train.models.tiny import SAMPLE_SENTENCES, train_xlmr_tokenizer
+
+    no_fallback = tmp_path / "no-fallback"
+    train_xlmr_tokenizer(SAMPLE_SENTENCES, no_fallback, vocab_size=400, byte_fallback=False)
+    hindi = ["यह एक छोटा वाक्य है", "बिल्ली सो रही है", "आज मौसम अच्छा है"]
+    english = [s for s in SAMPLE_SENTENCES if "\t" not in s][:30]
+    (tmp_path / "ja.tsv").write_text("en\tja\n" + "".join(f"{en}\t{hindi[i % 3]}\n" for i, en in enumerate(english)),
+                                     encoding="utf-8")
+    corpora = [{"lang": "ja", "path": str(tmp_path / "ja.tsv")}]
     with caplog.at_level(logging.WARNING):
-        data = make_data(tiny_teacher, tiny_student, [{"lang": "ja", "path": str(tmp_path / "ko.tsv")}], tmp_path)
-        data.setup(FAKE_ACCELERATOR)
-    rate = data.store.meta["unk_rates"]["ja"]
-    if rate > corpus_store.UNK_WARNING_RATE:
-        assert caplog.text.count("language ja:") == 1 and "<unk>" in caplog.text
-    else:
-        assert "language ja:" not in caplog.text
+        lossy = make_data(tiny_teacher, tiny_student, corpora, tmp_path, student_tokenizer=str(no_fallback))
+        lossy.setup(FAKE_ACCELERATOR)
+    assert lossy.store.meta["unk_rates"]["ja"] > 0.3
+    assert caplog.text.count("language ja:") == 1 and "<unk>" in caplog.text and "language en:" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        fallback = make_data(tiny_teacher, tiny_student, corpora, tmp_path)  # byte fallback: nothing is lost
+        fallback.setup(FAKE_ACCELERATOR)
+    assert fallback.store.meta["unk_rates"]["ja"] == 0 and "<unk>" not in caplog.text
 
 
 # ---------------------------------------------------------------- batching

@@ -337,6 +337,7 @@ def _tokenize_file(source: Path, staging: Path, stem: str, num_proc: int, sides:
         features[f"{prefix}_len"] = datasets.Value("int32")
         if count_unk:
             features[f"{prefix}_unk"] = datasets.Value("int32")
+            features[f"{prefix}_plain"] = datasets.Value("int32")
     if procs > 1:
         # Forked workers must not inherit a Rust thread pool that the parent already used.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -364,10 +365,14 @@ def tokenize_batch(batch: pa.Table, sides: list) -> pa.Table:
         columns[f"{prefix}_ids"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
         columns[f"{prefix}_len"] = pa.array(lengths)
         if count_unk:
+            # Counted as models.student.unk_rate defines it: <unk> among the tokens that are not special.
             unk_id = side.tokenizer.unk_token_id
-            hits = (flat == unk_id) if unk_id is not None else np.zeros(len(flat), dtype=bool)
+            special = np.asarray(sorted(set(side.tokenizer.all_special_ids) - {unk_id}), dtype=np.int32)
             owner = np.repeat(np.arange(len(ids)), lengths)
+            hits = (flat == unk_id) if unk_id is not None else np.zeros(len(flat), dtype=bool)
+            plain = ~np.isin(flat, special)
             columns[f"{prefix}_unk"] = pa.array(np.bincount(owner, weights=hits, minlength=len(ids)).astype(np.int32))
+            columns[f"{prefix}_plain"] = pa.array(np.bincount(owner, weights=plain, minlength=len(ids)).astype(np.int32))
     return pa.table(columns)
 
 
@@ -384,8 +389,9 @@ def _unk_rates(staging: Path, source_files, target_files, student_len, target_le
     rates = {}
     source_unk = _numeric(staging, source_files, "student_unk")
     if len(source_unk):
-        rates["en"] = float(source_unk.sum() / max(int(student_len.sum()), 1))
+        rates["en"] = float(source_unk.sum() / max(int(_numeric(staging, source_files, "student_plain").sum()), 1))
     target_unk = _numeric(staging, target_files, "target_unk")
+    target_len = _numeric(staging, target_files, "target_plain")
     langs = sorted({group["lang"] for group in groups})
     lang_of_group = np.array([langs.index(group["lang"]) for group in groups] or [0])
     if len(pair_group):
