@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from altclip_train.logging_setup import configure_process
+
 CONFIG_DIR = Path(os.environ.get("ALTCLIP_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
 HYDRA_COMMANDS = {"distill": "Phase 1: distil a CLIP teacher's text tower into XLM-R (MSE on parallel text)",
                   "contrastive": "Phase 2: contrastive tuning on image-text shards, image tower frozen",
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     command, rest = argv[0], argv[1:]
+    configure_process()  # before anything imports `datasets`, which reads its cache dir at import
     if command in HYDRA_COMMANDS:
         run_hydra_command(command, rest)
     elif command in TOOL_COMMANDS:

@@ -31,6 +31,7 @@ from altclip_train.distributed import apply_scheduler_env
 from altclip_train.checkpoint import (TrainState, frozen_weights, full_state_dict, load_checkpoint, resolve_resume,
                                       save_checkpoint)
 from altclip_train.tracking import MetricsLog, flat_config, tracker_init_kwargs
+from altclip_train.logging_setup import setup_logging
 
 log = logging.getLogger("altclip_train")
 
@@ -184,8 +185,7 @@ def train(cfg: DictConfig) -> Path:
     set_cpu_threads(cfg.trainer.cpu_threads)
     run_dir = Path(cfg.run_dir)
     accelerator = build_accelerator(cfg)
-    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    setup_logging(logging.INFO if accelerator.is_main_process else logging.WARNING)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)

@@ -15,8 +15,8 @@ from transformers import (
     CLIPProcessor,
     CLIPTextModel,
     CLIPTokenizerFast,
+    PreTrainedTokenizerFast,
     XLMRobertaModel,
-    XLMRobertaTokenizerFast,
 )
 
 from altclip_train.models.tiny import (
@@ -24,9 +24,11 @@ from altclip_train.models.tiny import (
     SAMPLE_SENTENCES,
     build_tiny_clip,
     build_tiny_xlmr,
+    pretrain_tiny_clip,
     train_clip_tokenizer,
     train_xlmr_tokenizer,
 )
+from altclip_train.models.student import unk_rate
 
 M9 = ("en", "zh", "es", "fr", "ru", "ja", "ko", "ar", "it")
 
@@ -93,8 +95,10 @@ def test_clip_tokenizer_rejects_bad_arguments(tmp_path):
 
 def test_xlmr_tokenizer_special_tokens(xlmr_dir):
     tokenizer = AutoTokenizer.from_pretrained(xlmr_dir)
-    assert isinstance(tokenizer, XLMRobertaTokenizerFast)
+    # A plain tokenizers-backed class: XLMRobertaTokenizer would rebuild the model without byte fallback.
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
     assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == ["<s>", "<pad>", "</s>", "<unk>"]
+    assert tokenizer.convert_ids_to_tokens([4, 259]) == ["<0x00>", "<0xFF>"]
     assert (tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2, 3)
     assert tokenizer.mask_token == "<mask>" and tokenizer.mask_token_id == len(tokenizer) - 1
     assert tokenizer("a dog", "un chien").input_ids.count(tokenizer.eos_token_id) == 3
@@ -104,13 +108,59 @@ def test_xlmr_tokenizer_special_tokens(xlmr_dir):
 
 @pytest.mark.parametrize("lang", M9)
 def test_xlmr_tokenizer_handles_every_script(xlmr_dir, lang):
-    tokenizer = XLMRobertaTokenizerFast.from_pretrained(xlmr_dir)
+    tokenizer = AutoTokenizer.from_pretrained(xlmr_dir)
     for text in (*SAMPLE_CAPTIONS[lang], _held_out(lang)):
         ids = tokenizer(text).input_ids
         assert ids[0] == 0 and ids[-1] == 2
         assert tokenizer.unk_token_id not in ids, tokenizer.convert_ids_to_tokens(ids)
         # XLM-R's sentencepiece normaliser is NFKC (full-width punctuation becomes ASCII).
         assert tokenizer.decode(ids, skip_special_tokens=True) == unicodedata.normalize("NFKC", text)
+
+
+# Scripts and symbols absent from the training texts (the m9 captions).
+UNSEEN_SCRIPTS = {
+    "hi": "यह एक परीक्षण वाक्य है, जिसमें हिंदी के शब्द हैं।",
+    "tr": "Kısa bir yağmur yağdı; ılık rüzgâr ağaçları sallıyor.",
+    "th": "แมวนอนหลับอยู่บนโซฟาในห้องนั่งเล่น",
+    "emoji": "A dog 🐶 runs on the beach 🏖️ and smiles 🙂",
+}
+
+
+@pytest.mark.parametrize("lang", sorted(UNSEEN_SCRIPTS))
+def test_xlmr_tokenizer_byte_fallback_reads_unseen_scripts(xlmr_dir, lang):
+    tokenizer = AutoTokenizer.from_pretrained(xlmr_dir)
+    text = UNSEEN_SCRIPTS[lang]
+    ids = tokenizer(text).input_ids
+    assert tokenizer.unk_token_id not in ids, tokenizer.convert_ids_to_tokens(ids)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == unicodedata.normalize("NFKC", text)
+    assert unk_rate(tokenizer, [text]) == 0.0
+
+
+def test_xlmr_tokenizer_without_byte_fallback_loses_unseen_scripts(tmp_path):
+    tokenizer = train_xlmr_tokenizer(SAMPLE_SENTENCES, tmp_path, byte_fallback=False)
+    assert unk_rate(tokenizer, [UNSEEN_SCRIPTS["hi"]]) > 0.3
+    assert unk_rate(tokenizer, [UNSEEN_SCRIPTS["tr"]]) > 0.0  # every word with a dotless ı
+    assert unk_rate(tokenizer, SAMPLE_SENTENCES) == 0.0
+
+
+def test_unk_rate_counts_unknown_tokens_only(tmp_path):
+    tokenizer = train_xlmr_tokenizer(SAMPLE_SENTENCES, tmp_path, byte_fallback=False)
+    ids = tokenizer([UNSEEN_SCRIPTS["hi"], "A dog runs."], add_special_tokens=False)["input_ids"]
+    expected = sum(row.count(tokenizer.unk_token_id) for row in ids) / sum(len(row) for row in ids)
+    assert unk_rate(tokenizer, [UNSEEN_SCRIPTS["hi"], "A dog runs."]) == pytest.approx(expected)
+    assert 0.0 < expected < 1.0
+    assert unk_rate(tokenizer, []) == 0.0 and unk_rate(tokenizer, [""]) == 0.0
+
+
+def test_xlmr_tokenizer_with_more_characters_than_room_spells_the_rare_ones_in_bytes(tmp_path):
+    # 400 entries leave room for ~100 characters; the m9 captions hold several hundred.
+    tokenizer = train_xlmr_tokenizer(SAMPLE_SENTENCES, tmp_path, vocab_size=400)
+    assert len(tokenizer) <= 400
+    assert unk_rate(tokenizer, SAMPLE_SENTENCES) == 0.0
+    assert tokenizer.decode(tokenizer(SAMPLE_CAPTIONS["zh"][0]).input_ids, skip_special_tokens=True) == \
+        unicodedata.normalize("NFKC", SAMPLE_CAPTIONS["zh"][0])
+    with pytest.raises(ValueError, match="too small for an XLM-R tokenizer with byte fallback"):
+        train_xlmr_tokenizer(SAMPLE_SENTENCES, tmp_path / "small", vocab_size=200)
 
 
 def test_tokenizer_training_is_fast(tmp_path):
@@ -214,3 +264,28 @@ def test_building_does_not_disturb_the_callers_rng(tmp_path):
     torch.manual_seed(123)
     build_tiny_xlmr(tmp_path)
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_pretraining_the_tiny_clip_lowers_its_loss_and_spreads_its_text_vectors(tmp_path):
+    """The tiny teacher recipe: a few contrastive steps on (image, caption) pairs, written back in place."""
+    import numpy as np
+
+    from altclip_train.models.teacher import TeacherTextEncoder
+
+    model_dir = build_tiny_clip(tmp_path / "clip", SAMPLE_SENTENCES, image_size=16, patch=8)
+    pairs = []
+    for index, caption in enumerate(SAMPLE_CAPTIONS["en"]):
+        path = tmp_path / f"{index}.png"
+        pixels = np.random.default_rng(index).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path)
+        pairs.append((path, caption))
+    before = load_file(model_dir / "model.safetensors")
+    first, last = pretrain_tiny_clip(model_dir, pairs, steps=40, batch_size=8)
+    assert last < first * 0.5
+    after = load_file(model_dir / "model.safetensors")
+    assert after.keys() == before.keys() and not torch.equal(after["logit_scale"], before["logit_scale"])
+    # Still a checkpoint plain transformers loads with every weight found.
+    _, info = CLIPModel.from_pretrained(model_dir, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    vectors = torch.from_numpy(TeacherTextEncoder(str(model_dir)).encode(list(SAMPLE_CAPTIONS["en"]), show_progress=False))
+    assert torch.cdist(vectors, vectors).fill_diagonal_(float("inf")).min() > 0

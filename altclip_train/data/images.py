@@ -20,6 +20,18 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def clip_image_processor_class():
+    """transformers' CLIP image processor class that needs no torchvision: `CLIPImageProcessorPil`.
+
+    In transformers 5 the plain `CLIPImageProcessor` name means the torchvision backend; without
+    torchvision it falls back to the PIL class and warns on every run. The saved config names
+    `CLIPImageProcessor` either way, so exports load with or without torchvision.
+    """
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+
+
 class BadImageError(ValueError):
     """An image that cannot be decoded; callers count it as a skip."""
 
@@ -36,10 +48,7 @@ class ClipImageTransform:
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> "ClipImageTransform":
         """Read size, crop and mean/std from a CLIP/AltCLIP checkpoint's image processor config."""
-        from transformers import CLIPImageProcessor
-
-        processor = CLIPImageProcessor.from_pretrained(name_or_path)
-        return cls.from_processor(processor)
+        return cls.from_processor(clip_image_processor_class().from_pretrained(name_or_path))
 
     @classmethod
     def from_processor(cls, processor) -> "ClipImageTransform":
@@ -50,10 +59,8 @@ class ClipImageTransform:
         return cls(resize=int(resize), crop=int(crop), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
 
     def to_processor(self):
-        """The `CLIPImageProcessor` that reproduces this transform, for export next to a model."""
-        from transformers import CLIPImageProcessor
-
-        return CLIPImageProcessor(
+        """The CLIP image processor that reproduces this transform, for export next to a model."""
+        return clip_image_processor_class()(
             size={"shortest_edge": self.resize},
             crop_size={"height": self.crop, "width": self.crop},
             image_mean=list(self.mean),

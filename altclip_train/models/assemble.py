@@ -50,10 +50,12 @@ def clip_from_config(config: str, seed: int = 0) -> CLIPModel:
 
 def build_processor(model_type: str, tokenizer: str, image_processor: str):
     """AltCLIPProcessor (XLM-R tokenizer + CLIP image processor) or CLIPProcessor."""
-    from transformers import AltCLIPProcessor, AutoTokenizer, CLIPImageProcessor, CLIPProcessor
+    from transformers import AltCLIPProcessor, AutoTokenizer, CLIPProcessor
+
+    from altclip_train.data.images import clip_image_processor_class
 
     processor_class = AltCLIPProcessor if model_type == "altclip" else CLIPProcessor
-    return processor_class(image_processor=CLIPImageProcessor.from_pretrained(image_processor),
+    return processor_class(image_processor=clip_image_processor_class().from_pretrained(image_processor),
                            tokenizer=AutoTokenizer.from_pretrained(tokenizer))
 
 

@@ -24,6 +24,12 @@ _SHARED_FIELDS = (
 )
 
 
+# Heads an XLM-R checkpoint may carry that the student's encoder does not use.
+_UNUSED_XLMR_HEADS = ("pooler.", "lm_head.", "roberta.pooler.")
+# Above this share of <unk> tokens, the student cannot read much of a language's text.
+UNK_RATE_WARNING = 0.03
+
+
 class NotAStudentCheckpoint(ValueError):
     """A directory that should hold a phase-1 AltCLIPTextModel but does not."""
 
@@ -45,12 +51,35 @@ def build_student(name_or_path: str, project_dim: int, trust_remote_code: bool =
     if config.model_type not in {"xlm-roberta", "roberta", "xlm-roberta-xl"}:
         raise ValueError(f"student {name_or_path} is a '{config.model_type}' checkpoint; expected XLM-R "
                          "(xlm-roberta) or a phase-1 AltCLIPTextModel")
-    from transformers import AutoModel
-
-    encoder = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, trust_remote_code=trust_remote_code)
+    encoder = load_xlmr_encoder(name_or_path, trust_remote_code)
     student = AltCLIPTextModel(student_config_from_xlmr(config, project_dim))
     copy_encoder_weights(encoder.state_dict(), student)
     return student
+
+
+def load_xlmr_encoder(name_or_path: str, trust_remote_code: bool = False):
+    """The XLM-R encoder of a checkpoint, its load checked here rather than by transformers' report.
+
+    A hub XLM-R is a masked-LM checkpoint (and the tiny stand-in keeps a pooler), so transformers
+    prints a multi-line table of the `lm_head.*`/`pooler.*` weights it leaves out on every load. Those
+    are expected; anything else left out, or any encoder weight the checkpoint lacks, gets one line.
+    """
+    from transformers import AutoModel
+
+    from altclip_train.logging_setup import transformers_errors_only
+
+    with transformers_errors_only():
+        encoder, info = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, output_loading_info=True,
+                                                  trust_remote_code=trust_remote_code)
+    unexpected = sorted(key for key in info.get("unexpected_keys", ()) if not key.startswith(_UNUSED_XLMR_HEADS))
+    if unexpected:
+        log.warning("student %s: %d checkpoint weights not used by the encoder: %s", name_or_path, len(unexpected),
+                    ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else ""))
+    missing = sorted(info.get("missing_keys", ()))
+    if missing:
+        log.warning("student %s: %d encoder weights not in the checkpoint, randomly initialised: %s", name_or_path,
+                    len(missing), ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    return encoder
 
 
 def copy_encoder_weights(xlmr_state: dict, student: AltCLIPTextModel) -> None:
@@ -82,3 +111,20 @@ def load_phase1_student(path: str) -> AltCLIPTextModel:
         raise NotAStudentCheckpoint(f"{path} is not a phase-1 output: its model_type is "
                                     f"'{config.model_type}', expected 'altclip_text_model'")
     return AltCLIPTextModel.from_pretrained(path)
+
+
+def unk_rate(tokenizer, texts) -> float:
+    """Share of the tokens of `texts` (special tokens left out) that are the tokenizer's `<unk>`.
+
+    0.0 when there are no tokens or the tokenizer has no unknown token. Tokenises everything it is
+    given, so pass a sample (a few thousand sentences tell the rate well) of a large corpus. A rate
+    above a few percent (`UNK_RATE_WARNING`) means the student's vocabulary does not cover the
+    language's script: the first thing to check when adding a language.
+    """
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    texts = [text for text in texts if isinstance(text, str) and text]
+    if unk_id is None or not texts:
+        return 0.0
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    total = sum(len(row) for row in ids)
+    return sum(row.count(unk_id) for row in ids) / total if total else 0.0

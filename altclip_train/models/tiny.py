@@ -12,16 +12,20 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from collections.abc import Iterable
+import unicodedata
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, trainers
+from tokenizers import Tokenizer, decoders, models, trainers
 from transformers import (
     CLIPConfig,
     CLIPModel,
     CLIPProcessor,
     CLIPTokenizerFast,
+    PreTrainedTokenizerFast,
     XLMRobertaConfig,
     XLMRobertaModel,
     XLMRobertaTokenizerFast,
@@ -34,6 +38,7 @@ CLIP_EOS = "<|endoftext|>"
 CLIP_WORD_END = "</w>"
 XLMR_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3, as in XLM-R
 XLMR_SPM_FILE = "sentencepiece.bpe.model"
+XLMR_BYTE_PIECES = 256  # <0x00>..<0xFF>, right after <unk> when byte fallback is on
 
 # Parallel captions (row i of every language says the same thing), so they double as a tiny
 # parallel corpus for distillation demos. Languages are the AltCLIP-m9 set.
@@ -208,19 +213,31 @@ def train_clip_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: 
 
 
 def train_xlmr_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2000,
-                         model_max_length: int = 64) -> XLMRobertaTokenizerFast:
+                         model_max_length: int = 64, byte_fallback: bool = True) -> PreTrainedTokenizerFast:
     """Train a SentencePiece-Unigram model on `texts`, wrap it as XLM-R's tokenizer and save it to `out_dir`.
 
-    Laid out like `FacebookAI/xlm-roberta-*`: `sentencepiece.bpe.model` (NFKC normalisation, character
-    coverage 1.0) plus `tokenizer.json`, ids `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, pieces, `<mask>` last,
-    encodings `<s> ... </s>`. Only characters absent from the training texts become `<unk>`. The vocabulary
-    has at most `vocab_size` entries (fewer when the texts are small).
+    Laid out like `FacebookAI/xlm-roberta-*`: `sentencepiece.bpe.model` (NFKC normalisation) plus
+    `tokenizer.json`, ids `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, pieces, `<mask>` last, encodings
+    `<s> ... </s>`. The vocabulary has at most `vocab_size` entries (fewer when the texts are small).
+
+    With `byte_fallback` (the default) the 256 byte pieces `<0x00>`..`<0xFF>` follow `<unk>`, and any
+    character the pieces do not cover is spelled in UTF-8 bytes, so text in a script the training texts
+    never saw (Hindi, Thai, emoji) still tokenises without `<unk>` and decodes back to itself. When the
+    texts hold more distinct characters than the vocabulary can list, the rarest ones go to bytes.
+    Real XLM-R covers every script with its 250k pieces; a stand-in trained on a few sentences needs
+    bytes to do the same. Without `byte_fallback`, characters absent from the texts become `<unk>`.
     """
     import sentencepiece
 
     texts = _clean_texts(texts)
-    if vocab_size < 16:
-        raise ValueError(f"vocab_size={vocab_size} is too small for an XLM-R tokenizer (need >= 16)")
+    reserved = len(XLMR_SPECIALS) + 1 + (XLMR_BYTE_PIECES if byte_fallback else 0)  # + <mask>
+    minimum = reserved + 16
+    if vocab_size < minimum:
+        raise ValueError(f"vocab_size={vocab_size} is too small for an XLM-R tokenizer"
+                         f"{' with byte fallback' if byte_fallback else ''} (need >= {minimum})")
+    # Characters must fit next to the specials and bytes, with a quarter of the room left for pieces.
+    if byte_fallback:
+        texts = _frequent_characters_only(texts, (vocab_size - reserved) * 3 // 4)
     model_bytes = io.BytesIO()
     # sentencepiece rather than the `tokenizers` Unigram trainer: the latter is not reproducible
     # run to run, and a builder called twice with one seed must give the same checkpoint.
@@ -231,6 +248,7 @@ def train_xlmr_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: 
         vocab_size=vocab_size - 2,  # XLM-R adds <pad> and <mask> to the model's <unk> <s> </s>
         hard_vocab_limit=False,
         character_coverage=1.0,
+        byte_fallback=byte_fallback,
         unk_id=0,
         bos_id=1,
         eos_id=2,
@@ -241,14 +259,53 @@ def train_xlmr_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Convert in a scratch dir: loading from out_dir could pick up a stale tokenizer.json.
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        # The converter warns that it drops byte fallback; `_with_byte_fallback` puts it back.
+        warnings.filterwarnings("ignore", message=".*byte fallback option.*")
         (Path(scratch) / XLMR_SPM_FILE).write_bytes(model_bytes.getvalue())
         tokenizer = XLMRobertaTokenizerFast.from_pretrained(scratch, model_max_length=model_max_length)
     if tokenizer.convert_ids_to_tokens(list(range(len(XLMR_SPECIALS)))) != list(XLMR_SPECIALS):
         raise RuntimeError(f"converted tokenizer does not start with {XLMR_SPECIALS}")
+    if byte_fallback:
+        tokenizer = _with_byte_fallback(tokenizer, model_max_length)
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / XLMR_SPM_FILE).write_bytes(model_bytes.getvalue())
     return tokenizer
+
+
+def _frequent_characters_only(texts: list[str], char_budget: int) -> list[str]:
+    """`texts` (NFKC) with every character outside the `char_budget` most frequent ones removed.
+
+    sentencepiece lists every character it trains on (its `character_coverage` cannot go below 0.98),
+    so characters that would not fit are left out of training instead; byte fallback spells them.
+    """
+    texts = [unicodedata.normalize("NFKC", text) for text in texts]
+    counts = Counter(char for text in texts for char in text if not char.isspace())
+    if len(counts) <= char_budget:
+        return texts
+    keep = {char for char, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:char_budget]}
+    kept = ["".join(char for char in text if char in keep or char.isspace()) for text in texts]
+    return [text for text in kept if text.strip()]
+
+
+def _with_byte_fallback(tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
+    """The same pieces, normaliser and pre-tokeniser, with byte fallback in the model and the decoder.
+
+    transformers' `XLMRobertaTokenizer` rebuilds its Unigram model without byte fallback whenever it
+    loads, so the result is saved as a plain tokenizers-backed tokenizer (`AutoTokenizer` loads its
+    tokenizer.json as written); ids, specials and encodings stay XLM-R's.
+    """
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    vocab = [tuple(entry) for entry in json.loads(backend.to_str())["model"]["vocab"]]
+    unk_id = len(XLMR_SPECIALS) - 1
+    backend.model = models.Unigram(vocab, unk_id=unk_id, byte_fallback=True)
+    backend.decoder = decoders.Sequence([
+        decoders.ByteFallback(),
+        decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+    ])
+    specials = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                    cls_token="<s>", sep_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=model_max_length, **specials)
 
 
 def tiny_clip_config(
@@ -353,8 +410,7 @@ def build_tiny_clip(out_dir: str | Path, tokenizer_texts: Iterable[str] = SAMPLE
         pad_token_id=tokenizer.pad_token_id,
         **config_overrides,
     )
-    model = _seeded_init(CLIPModel, config, seed)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    save_model_dir(_seeded_init(CLIPModel, config, seed), out_dir)
 
     image_size = config.vision_config.image_size
     image_processor = ClipImageTransform(resize=image_size, crop=image_size).to_processor()
@@ -372,6 +428,82 @@ def build_tiny_xlmr(out_dir: str | Path, tokenizer_texts: Iterable[str] = SAMPLE
     max_length = config_overrides.get("max_length", 64)
     tokenizer = train_xlmr_tokenizer(tokenizer_texts, out_dir, vocab_size=vocab_size, model_max_length=max_length)
     config = tiny_xlmr_config(len(tokenizer), **config_overrides)
-    model = _seeded_init(XLMRobertaModel, config, seed)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    save_model_dir(_seeded_init(XLMRobertaModel, config, seed), out_dir)
     return out_dir
+
+
+def save_model_dir(model, out_dir: str | Path) -> Path:
+    """What `model.save_pretrained(out_dir)` writes (config.json, model.safetensors), on any process.
+
+    transformers' `save_pretrained` silently writes no config and no weights on a rank other than 0
+    once torch.distributed is initialised. A build-once step runs on whichever rank takes the lock
+    first, so it must not depend on being rank 0.
+    """
+    from safetensors.torch import save_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = str(model.dtype).removeprefix("torch.")
+    model.config.save_pretrained(str(out_dir))
+    save_model(model, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    return out_dir
+
+
+def pretrain_tiny_clip(model_dir: str | Path, pairs: Sequence[tuple[str | Path, str]], steps: int = 300,
+                       batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.1, warmup_steps: int = 30,
+                       grad_clip: float = 5.0, seed: int = 0) -> tuple[float, float]:
+    """Train the CLIP checkpoint in `model_dir` contrastively on (image file, caption) pairs, in place.
+
+    The demo's step-0 teacher recipe (both towers trained from scratch, AdamW, warmup, clipped
+    gradients), shortened to `steps` steps of `batch_size` distinct images with one of their captions
+    each. A random CLIP text tower maps every caption to nearly the same vector; after this its
+    vectors tell captions apart, so a student distilled from it can be seen learning. Self-contained
+    (no Accelerate, no collectives), so it runs the same on any rank. Returns the mean loss of the
+    first and the last tenth of the steps.
+    """
+    from altclip_train.data.images import ClipImageTransform, load_image_file
+
+    model_dir = Path(model_dir)
+    model = CLIPModel.from_pretrained(str(model_dir))
+    tokenizer = CLIPTokenizerFast.from_pretrained(str(model_dir))
+    size = model.config.vision_config.image_size
+    transform = ClipImageTransform(resize=size, crop=size)
+    image_index: dict[str, int] = {}
+    captions: list[list[str]] = []
+    for image, caption in pairs:
+        key = str(image)
+        if key not in image_index:
+            image_index[key] = len(captions)
+            captions.append([])
+        captions[image_index[key]].append(caption)
+    if len(captions) < 2:
+        raise ValueError("pretraining a tiny CLIP needs pairs of at least two distinct images")
+    pixels = torch.stack([transform(load_image_file(path)) for path in image_index])
+    batch_size = min(batch_size, len(captions))
+
+    threads = torch.get_num_threads()
+    # A model this small runs fastest on one thread; more only contend with the caller's.
+    torch.set_num_threads(1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=1e-8)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+        model.train()
+        losses = []
+        for _ in range(steps):
+            images = torch.randperm(len(captions), generator=generator)[:batch_size].tolist()
+            texts = [captions[i][int(torch.randint(len(captions[i]), (1,), generator=generator))] for i in images]
+            tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+            loss = model(**tokens, pixel_values=pixels[images], return_loss=True).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+    torch.set_num_threads(threads)
+    save_model_dir(model.eval(), model_dir)
+    tenth = max(1, steps // 10)
+    return sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth

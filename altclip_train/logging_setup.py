@@ -1,0 +1,100 @@
+"""Process-wide logging and environment setup shared by the CLI, `train.py` and the tools.
+
+`configure_process()` runs once at CLI start; `setup_logging()` (re)configures the log level, e.g. per
+rank once the loop knows which rank it is. Together they keep real warnings visible:
+
+- every log record goes through tqdm's writer, so a warning never lands on a progress bar's line
+  (one did: "ran out of samples" hid at the end of a bar); transformers' records, which it normally
+  writes straight to stderr, take the same route;
+- DeepSpeed's "Setting accelerator to CPU" is dropped unless DeepSpeed is in use: accelerate imports
+  deepspeed, whenever it is installed, to unwrap any model, which prints that line on every CPU run;
+- `datasets` caches under the project's cache dir (`$ALTCLIP_CACHE_DIR/datasets`) instead of the
+  user's home, unless `HF_DATASETS_CACHE` says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+
+from tqdm import tqdm
+
+DEFAULT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_DEEPSPEED_CPU_NOTICE = "Setting accelerator to CPU"
+
+
+class TqdmHandler(logging.StreamHandler):
+    """A stream handler that writes through `tqdm.write`, which lifts any open bar out of the way."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise; report the way logging does
+            self.handleError(record)
+
+
+class _DropDeepSpeedCpuNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage().startswith(_DEEPSPEED_CPU_NOTICE) and not deepspeed_in_use())
+
+
+def deepspeed_in_use() -> bool:
+    """Whether this process was launched to train with DeepSpeed (accelerate sets this for its ranks)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def setup_logging(level: int = logging.INFO, fmt: str = DEFAULT_FORMAT) -> None:
+    """Root logging at `level` through one `TqdmHandler` on stderr (replacing any handler there),
+    with transformers' records routed to it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    handler = TqdmHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(level)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+
+
+def quiet_deepspeed() -> None:
+    """Drop DeepSpeed's CPU-detection notice while DeepSpeed is not in use. A filter on its logger
+    outlives the logger's own setup at import time, so this works before or after `import deepspeed`."""
+    logger = logging.getLogger("DeepSpeed")
+    if not any(isinstance(existing, _DropDeepSpeedCpuNotice) for existing in logger.filters):
+        logger.addFilter(_DropDeepSpeedCpuNotice())
+
+
+def default_datasets_cache() -> None:
+    """Point `datasets` at the project's cache dir unless the user chose one; before it is imported."""
+    from altclip_train.assets import cache_root
+
+    if not os.environ.get("HF_DATASETS_CACHE"):
+        os.environ["HF_DATASETS_CACHE"] = str(cache_root() / "datasets")
+
+
+def configure_process() -> None:
+    """Everything above, once, at CLI start."""
+    default_datasets_cache()
+    quiet_deepspeed()
+    setup_logging(logging.INFO)
+
+
+@contextlib.contextmanager
+def transformers_errors_only():
+    """Silence transformers' warnings for a block whose outcome the caller checks itself (e.g. a load
+    report it reads from `output_loading_info`)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
