@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -189,9 +190,9 @@ def check_target(values: Any, where: str) -> None:
     target = locate(str(values["_target_"]), key(where, "_target_"))
     params, open_ended = callable_params(target)
     check_params(values, params, where, getattr(target, "__qualname__", str(target)), open_ended)
-    entries = entry_schemas()
+    entries = entry_schemas(target)
     for param in params:
-        schema = entries.get((target, param.name))
+        schema = entries.get(param.name)
         if schema is not None and isinstance(values.get(param.name), list):
             for index, entry in enumerate(values[param.name]):
                 check_entry(entry, schema, f"{key(where, param.name)}[{index}]")
@@ -220,12 +221,15 @@ def locate(path: str, where: str) -> Any:
     raise ConfigError(f"{where}={path}: no such class or function")
 
 
-def entry_schemas() -> dict[tuple[Any, str], type]:
-    """List parameters typed as plain dicts whose entries do have a schema (until annotated so)."""
-    from altclip_train.data.corpora import CorpusSpec
-    from altclip_train.data.parallel import ParallelTextData
+def entry_schemas(target: Any) -> dict[str, type]:
+    """List parameters of `target` typed as plain dicts whose entries do have a schema (until they are
+    annotated with it). Looked up only once `target`'s module is loaded, so phase 2 never imports phase 1."""
+    parallel = sys.modules.get("altclip_train.data.parallel")
+    if parallel is not None and target is parallel.ParallelTextData:
+        from altclip_train.data.corpora import CorpusSpec
 
-    return {(ParallelTextData, "corpora"): CorpusSpec}
+        return {"corpora": CorpusSpec}
+    return {}
 
 
 def check_entry(value: Any, schema: type, where: str) -> None:
