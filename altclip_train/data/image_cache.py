@@ -88,11 +88,12 @@ class ShardIndex:
                      "keys_hash": hash_strings([h for chunk in chunks for h in chunk["key_hashes"]]),
                      "skipped": dict(sorted(skipped.items()))}
         self._table = None
+        self._rows = None
         self.shard_bounds = np.concatenate([[0], np.cumsum(shard_rows)]).astype(np.int64)
 
     # pyarrow tables over a memory map must not be pickled into DataLoader workers (that copies the data).
     def __getstate__(self):
-        return {**self.__dict__, "_table": None}
+        return {**self.__dict__, "_table": None, "_rows": None}
 
     @property
     def table(self):
@@ -128,9 +129,9 @@ class ShardIndex:
 
     def captions(self, rows: Sequence[int]) -> list[list[tuple[str, str]]]:
         """All (lang, text) captions of each row, in stored order."""
-        taken = self.table.take(pa.array(np.asarray(rows, dtype=np.int64)))
-        return [list(zip(langs, texts)) for langs, texts in
-                zip(taken.column("langs").to_pylist(), taken.column("texts").to_pylist())]
+        if self._rows is None:
+            self._rows = CaptionLists(self.table)
+        return self._rows.captions(rows)
 
     def usable_caption_counts(self, languages: set[str] | None) -> np.ndarray:
         """Per row, how many of its captions are in `languages` (all of them when None)."""
@@ -201,6 +202,46 @@ class ShardIndex:
             log.info("indexed %d images (%d captions) in %d shards into %s%s", index.num_rows,
                      index.meta["num_captions"], len(urls), entry.dir, f"; skipped: {dict(skipped)}" if skipped else "")
         return index
+
+
+class CaptionLists:
+    """Zero-copy numpy views of the index's `langs` and `texts` list<string> columns, batch by batch.
+
+    `pa.Table.take` on a table of many record batches first concatenates each column (a copy of the whole
+    caption index per training batch, seconds at LAION scale); reading a row straight out of its batch's
+    buffers costs the same whatever the index size.
+    """
+
+    def __init__(self, table: pa.Table):
+        self.columns = {name: [_string_list_buffers(batch.column(batch.schema.get_field_index(name)))
+                               for batch in table.to_batches()] for name in ("langs", "texts")}
+        self.starts = np.cumsum([0] + [batch.num_rows for batch in table.to_batches()])
+
+    def captions(self, rows: Sequence[int]) -> list[list[tuple[str, str]]]:
+        rows = np.asarray(rows, dtype=np.int64)
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        out = []
+        for batch, row in zip(which.tolist(), (rows - self.starts[which]).tolist()):
+            langs = _strings_of_row(self.columns["langs"][batch], row)
+            texts = _strings_of_row(self.columns["texts"][batch], row)
+            out.append(list(zip(langs, texts)))
+        return out
+
+
+def _string_list_buffers(array: pa.ListArray) -> tuple[np.ndarray, np.ndarray, memoryview]:
+    """(list offsets, string offsets, utf-8 bytes) of a list<string> array, without copying."""
+    strings = array.values
+    offsets = array.offsets.to_numpy()
+    string_offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)[strings.offset:strings.offset + len(strings) + 1]
+    data = memoryview(strings.buffers()[2]) if strings.buffers()[2] is not None else memoryview(b"")
+    return offsets, string_offsets, data
+
+
+def _strings_of_row(buffers: tuple[np.ndarray, np.ndarray, memoryview], row: int) -> list[str]:
+    offsets, string_offsets, data = buffers
+    lo, hi = int(offsets[row]), int(offsets[row + 1])
+    bounds = string_offsets[lo:hi + 1].tolist()
+    return [str(data[a:b], "utf-8") for a, b in zip(bounds, bounds[1:])]
 
 
 def _list_parents(lists) -> np.ndarray:

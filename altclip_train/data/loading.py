@@ -121,3 +121,4 @@ def tempered_language_shares(counts: dict[str, int], alpha: float | None) -> dic
     if total <= 0:
         raise ValueError(f"no data in any language to balance: {dict(counts)}")
     return {lang: value / total for lang, value in powered.items()}
+
