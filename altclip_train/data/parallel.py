@@ -39,6 +39,30 @@ from altclip_train.data.loading import capped_max_length, make_loader, pad_flat,
 log = logging.getLogger(__name__)
 
 
+def prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """`items`, produced by a background thread `depth` ahead, so the next batch is gathered and padded
+    (numpy, which releases the GIL) while the teacher's forward runs on this one."""
+    import queue
+    import threading
+
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def fill() -> None:
+        try:
+            for item in items:
+                buffer.put(item)
+        except BaseException as error:  # handed over, raised in the consumer
+            buffer.put(error)
+        buffer.put(done)
+
+    threading.Thread(target=fill, daemon=True).start()
+    while (item := buffer.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 class PairRows(TorchDataset):
     """The store's pairs; indexing with (pair rows, valid mask) returns one padded batch (keys above)."""
 
@@ -228,9 +252,9 @@ class ParallelTextData:
             # resumed build computes exactly the vectors an uninterrupted one does.
             rows = rows[np.argsort(np.asarray(lengths[start:stop]), kind="stable")]
             out = np.empty((stop - start, cache.dim), dtype=np.float32)
-            for lo in range(0, len(rows), self.teacher_batch_size):
-                batch_rows = rows[lo:lo + self.teacher_batch_size]
-                ids, mask = pad_flat(*store.teacher_source.gather(batch_rows), pad_id)
+            batches = [rows[lo:lo + self.teacher_batch_size] for lo in range(0, len(rows), self.teacher_batch_size)]
+            padded = (pad_flat(*store.teacher_source.gather(b), pad_id) for b in batches)
+            for batch_rows, (ids, mask) in zip(batches, prefetched(padded)):
                 began = time.perf_counter()
                 vectors = encoder[0].encode_tokens(ids, mask).cpu().numpy()
                 stats["forward_s"] += time.perf_counter() - began
