@@ -219,7 +219,8 @@ def markdown(summaries: list[dict], gpu: dict | None) -> str:
                          f"{fmt(comparison['e2e_speedup'], '{:.2f}')}× | {fmt(comparison['e2e_cpu_speedup'], '{:.2f}')}× |")
         lines.append("")
     if gpu:
-        lines += ["### H100 physical limit (real ViT-L/14 + XLM-R large, captions ~24±8 tokens, batch 256)", "",
+        lines += ["### H100 physical limit (real ViT-L/14 + XLM-R large, synthetic captions of "
+                  f"{gpu['mean_student_tokens']:.1f} student tokens on average, batch 256)", "",
                   "| case | GFLOP per pair | pairs/s at 50% MFU of 989 TFLOP/s |", "|---|---|---|"]
         lines += [f"| {row['case']} | {row['gflops_per_pair']:.1f} | {row['pairs_per_s_at_50pct_989']:.0f} |"
                   for row in gpu["cases"]]
