@@ -101,7 +101,7 @@ def build(root: Path) -> None:
     from altclip_train.data.prepare_wds import prepare_wds
     from altclip_train.demo.build_data import load_everyday
     from altclip_train.models.student import build_student
-    from altclip_train.models.tiny import build_tiny_clip, build_tiny_xlmr
+    from altclip_train.models.tiny import build_tiny_clip, build_tiny_xlmr, save_model_dir
     from transformers import AutoTokenizer
 
     staging = root.with_name(f".{root.name}.staging")
@@ -116,7 +116,7 @@ def build(root: Path) -> None:
                                   vocab_size=STUDENT_VOCAB, **STUDENT_SHAPE)
     # What `altclip-train distill` would hand to phase 2: the student as an AltCLIPTextModel.
     phase1_out = staging / "phase1_student"
-    build_student(str(student_dir), TEACHER_SHAPE["hidden"]).save_pretrained(phase1_out, safe_serialization=True)
+    save_model_dir(build_student(str(student_dir), TEACHER_SHAPE["hidden"]), phase1_out)  # on any rank
     AutoTokenizer.from_pretrained(student_dir).save_pretrained(phase1_out)
 
     parallel = staging / "phase1"

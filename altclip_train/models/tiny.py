@@ -485,25 +485,28 @@ def pretrain_tiny_clip(model_dir: str | Path, pairs: Sequence[tuple[str | Path, 
     threads = torch.get_num_threads()
     # A model this small runs fastest on one thread; more only contend with the caller's.
     torch.set_num_threads(1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=1e-8)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
-        model.train()
-        losses = []
-        for _ in range(steps):
-            images = torch.randperm(len(captions), generator=generator)[:batch_size].tolist()
-            texts = [captions[i][int(torch.randint(len(captions[i]), (1,), generator=generator))] for i in images]
-            tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-            loss = model(**tokens, pixel_values=pixels[images], return_loss=True).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-    torch.set_num_threads(threads)
+    losses: list[float] = []
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=1e-8)
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+            model.train()
+            for _ in range(steps):
+                images = torch.randperm(len(captions), generator=generator)[:batch_size].tolist()
+                texts = [captions[i][int(torch.randint(len(captions[i]), (1,), generator=generator))] for i in images]
+                tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+                loss = model(**tokens, pixel_values=pixels[images], return_loss=True).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
     save_model_dir(model.eval(), model_dir)
     tenth = max(1, steps // 10)
     return sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
