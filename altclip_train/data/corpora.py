@@ -122,7 +122,8 @@ def iter_pairs(spec: CorpusSpec, languages: list[str], skipped: Counter,
             for code, count in _value_counts(pc.filter(lang, pc.and_(usable, pc.invert(known)))):
                 unknown[code] += count
             usable = pc.and_(usable, known)
-        skipped["empty_sentence"] += int(empty)
+        if empty:
+            skipped["empty_sentence"] += int(empty)
         batch = pa.record_batch([pc.filter(en, usable), pc.filter(target, usable), pc.filter(lang, usable)],
                                 schema=PAIR_SCHEMA)
         if spec.max_rows is not None and kept + batch.num_rows >= spec.max_rows:
@@ -132,7 +133,7 @@ def iter_pairs(spec: CorpusSpec, languages: list[str], skipped: Counter,
         kept += batch.num_rows
         if batch.num_rows:
             yield batch
-    if skipped["empty_sentence"]:
+    if skipped.get("empty_sentence"):
         log.warning("corpus %s: skipped %d rows with an empty sentence", spec.name, skipped["empty_sentence"])
     if unknown:
         skipped["unknown_language"] += sum(unknown.values())
