@@ -87,6 +87,7 @@ class CorpusSpec:
 
     def identity(self) -> dict:
         """What the corpus's content depends on: the entry and each local file's resolved path, size and mtime."""
+        check_files(self)
         stats = []
         for path in self.files():
             stat = path.stat()
