@@ -68,6 +68,12 @@ def test_missing_file_unknown_column_and_moses_mismatch_are_one_line_errors(tmp_
         read(CorpusSpec(lang="zh", source_path=str(tmp_path / "a.en"), target_path=str(tmp_path / "a.zh")))
 
 
+def test_setup_names_a_missing_corpus_file(tiny_teacher, tiny_student, tmp_path):
+    data = make_data(tiny_teacher, tiny_student, [{"lang": "zh", "path": str(tmp_path / "gone.tsv")}], tmp_path)
+    with pytest.raises(FileNotFoundError, match="corpus file not found: .*gone.tsv"):
+        data.setup(FAKE_ACCELERATOR)
+
+
 def test_empty_sentences_are_skipped_and_counted(tmp_path):
     (tmp_path / "c.tsv").write_text("en\tzh\nhello\t你好\n   \t空\nbye\t \nok\t好\n")
     rows, skipped = read(CorpusSpec(lang="zh", path=str(tmp_path / "c.tsv")))
