@@ -457,10 +457,10 @@ def pretrain_tiny_clip(model_dir: str | Path, pairs: Sequence[tuple[str | Path, 
 
     The demo's step-0 teacher recipe (both towers trained from scratch, AdamW, warmup, clipped
     gradients), shortened to `steps` steps of `batch_size` distinct images with one of their captions
-    each. A random CLIP text tower maps every caption to nearly the same vector; after this its
-    vectors tell captions apart, so a student distilled from it can be seen learning. Self-contained
-    (no Accelerate, no collectives), so it runs the same on any rank. Returns the mean loss of the
-    first and the last tenth of the steps.
+    each. It gives the tiny teacher what a real one has: text vectors that follow what a caption says
+    and image features that match them, so phase 1 distils meaning rather than random features and
+    phase 2 starts from aligned towers. Self-contained (no Accelerate, no collectives), so it runs the
+    same on any rank. Returns the mean loss of the first and the last tenth of the steps.
     """
     from altclip_train.data.images import ClipImageTransform, load_image_file
 
