@@ -213,19 +213,25 @@ def run_case(name: str, args, assets: Path, work: Path, peak_tflops: float | Non
     setup_s = time.perf_counter() - started
 
     text_key = "student_attention_mask" if command == "distill" else "attention_mask"
+    # Every case times the same batches (same seed, same plan) after the same warmup, which must also absorb
+    # compilation: compiled code recompiles for new length ranges (dynamic sizes after the second shape, then
+    # guards such as transformers' mask code at 32 tokens), so graphs compiled while timed are counted.
+    warmup = args.warmup
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]
     totals = dict(pairs=0, flops=0.0, real_tokens=0, padded_tokens=0, host_wait_s=0.0)
     batches, losses, steps = iter(data.train_batches(0)), [], 0
-    while steps < args.warmup + args.steps:
-        if steps == args.warmup:
+    while steps < warmup + args.steps:
+        if steps == warmup:
             synchronize(device)
-            clock = time.perf_counter()
+            clock, graphs_before = time.perf_counter(), graphs["unique_graphs"]
         waited = time.perf_counter()
         batch = next(batches, None)
         if batch is None:
             raise RuntimeError(f"{name}: the corpus ran out after {steps} batches")
         batch.pop("skipped", None)
-        timed = steps >= args.warmup
-        if timed:
+        if steps >= warmup:
             totals["host_wait_s"] += time.perf_counter() - waited
             mask = batch[text_key]
             totals["pairs"] += len(batch["lang"]) // (2 if command == "distill" else 1)
@@ -253,7 +259,8 @@ def run_case(name: str, args, assets: Path, work: Path, peak_tflops: float | Non
         "mfu": tflops / peak_tflops if peak_tflops else None,
         "host_wait_share": totals["host_wait_s"] / seconds,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "final_loss": final_loss, "setup_s": setup_s,
+        "graphs_compiled_while_timed": graphs["unique_graphs"] - graphs_before,
+        "final_loss": final_loss, "setup_s": setup_s, "warmup_steps": warmup,
         "fused_adamw": bool(getattr(optimizer, "optimizer", optimizer).defaults.get("fused")),
     }
     accelerator.free_memory(task, optimizer)
@@ -284,18 +291,23 @@ def measured_matmul_tflops(device: torch.device) -> float | None:
 
 
 # ----------------------------------------------------------------------------- reporting
-def add_ratios(results: list[dict]) -> None:
-    """Each option's effect: its pairs/s and peak memory over the base case's, measured in this run."""
-    by_name = {r["case"]: r for r in results if "error" not in r and "skipped" not in r}
-    for r in by_name.values():
-        base = by_name.get(r["case"].split("+")[0])
-        if "+" in r["case"] and base:
+def add_ratios(results: list[dict]) -> dict[str, float]:
+    """Each option's effect: its pairs/s and peak memory over the base case's of the same repeat; returns
+    the median ratio per option over the repeats."""
+    done = {(r["case"], r.get("repeat", 0)): r for r in results if "error" not in r and "skipped" not in r}
+    ratios: dict[str, list[float]] = {}
+    for (case, repeat), r in done.items():
+        base = done.get((case.split("+")[0], repeat))
+        if "+" in case and base:
             r["pairs_per_s_vs_base"] = r["pairs_per_s"] / base["pairs_per_s"]
+            ratios.setdefault(case, []).append(r["pairs_per_s_vs_base"])
             if r["peak_memory_gib"] and base["peak_memory_gib"]:
                 r["peak_memory_vs_base"] = r["peak_memory_gib"] / base["peak_memory_gib"]
-    cached, live = by_name.get("phase2/image-cache"), by_name.get("phase2/live-tower")
-    if cached and live:
-        cached["pairs_per_s_vs_live_tower"] = cached["pairs_per_s"] / live["pairs_per_s"]
+        live = done.get(("phase2/live-tower", repeat))
+        if case == "phase2/image-cache" and live:
+            r["pairs_per_s_vs_live_tower"] = r["pairs_per_s"] / live["pairs_per_s"]
+            ratios.setdefault(case + " vs live-tower", []).append(r["pairs_per_s_vs_live_tower"])
+    return {case: float(np.median(values)) for case, values in ratios.items()}
 
 
 def table(results: list[dict]) -> str:
@@ -352,7 +364,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
     parser.add_argument("--batch-size", type=int, default=256, help="pairs per optimizer step (data.batch_size)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
-    parser.add_argument("--warmup", type=int, default=4, help="untimed steps per case (compilation included)")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed steps per case (compilation included)")
+    parser.add_argument("--repeats", type=int, default=1, help="run the cases this many times, order alternating")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override for every case")
     parser.add_argument("--work-dir", default=None, help="assets and caches (default: $ALTCLIP_CACHE_DIR)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, for a card not in the table")
@@ -393,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     measured = measured_matmul_tflops(device)
 
     results, last_cost = [], {}
-    for case in args.cases:
+    # Repeats alternate the case order, so drift in a shared machine's load spreads over every case.
+    order = [(repeat, case) for repeat in range(args.repeats)
+             for case in (args.cases if repeat % 2 == 0 else args.cases[::-1])]
+    for repeat, case in order:
         command = CASES[case][0]
         if case.endswith("+pad1") and not pad_key_exists():
             results.append({"case": case, "skipped": "no data.pad_to_multiple_of key in this checkout"})
@@ -409,14 +425,17 @@ def main(argv: list[str] | None = None) -> int:
             release(device)
             result = {"case": case, "error": f"out of memory at batch {args.batch_size}"}
         last_cost[command] = time.perf_counter() - case_started
-        result["elapsed_s"] = last_cost[command]
+        result.update(elapsed_s=last_cost[command], repeat=repeat)
         print(f"  {case}: {result.get('pairs_per_s', 0):.1f} pairs/s ({last_cost[command]:.0f} s)", flush=True)
         results.append(result)
-    add_ratios(results)
+    medians = add_ratios(results)
     print("\n" + table(results))
+    for case, ratio in medians.items():
+        print(f"{case}: {ratio:.2f}x pairs/s (median over {args.repeats} repeat(s))")
     payload = {"command": this_command(argv), "device": name, "torch": torch.__version__, "size": args.size,
                "peak_tflops": peak, "measured_bf16_matmul_tflops": measured, "batch_pairs": args.batch_size,
-               "warmup": args.warmup, "steps": args.steps, "cases": results, "elapsed_s": time.perf_counter() - started}
+               "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
+               "median_ratios": medians, "cases": results, "elapsed_s": time.perf_counter() - started}
     write_json(args.json_out, payload)
     return 1 if any("error" in r for r in results) else 0
 

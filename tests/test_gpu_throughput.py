@@ -94,7 +94,7 @@ def test_arguments_and_budget(script):
     results = [{"case": "phase1/teacher-cache", "pairs_per_s": 100.0, "peak_memory_gib": 10.0},
                {"case": "phase1/teacher-cache+grad-ckpt", "pairs_per_s": 80.0, "peak_memory_gib": 4.0},
                {"case": "phase1/teacher-cache+compile", "skipped": "would pass --budget-s 5"}]
-    script.add_ratios(results)
+    assert script.add_ratios(results) == {"phase1/teacher-cache+grad-ckpt": pytest.approx(0.8)}
     assert results[1]["pairs_per_s_vs_base"] == pytest.approx(0.8)
     assert results[1]["peak_memory_vs_base"] == pytest.approx(0.4)
     assert "would pass" in script.table(results)
