@@ -46,10 +46,13 @@ def deepspeed_in_use() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def setup_logging(level: int = logging.INFO, fmt: str = DEFAULT_FORMAT) -> None:
+def setup_logging(level: int = logging.INFO, fmt: str = DEFAULT_FORMAT, force: bool = True) -> None:
     """Root logging at `level` through one `TqdmHandler` on stderr (replacing any handler there),
-    with transformers' records routed to it."""
+    with transformers' records routed to it. With `force=False`, like `logging.basicConfig`, leave
+    logging alone if the root logger already has a handler (an embedding application's, pytest's)."""
     root = logging.getLogger()
+    if not force and root.handlers:
+        return
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
@@ -80,10 +83,10 @@ def default_datasets_cache() -> None:
 
 
 def configure_process() -> None:
-    """Everything above, once, at CLI start."""
+    """Everything above, once, at CLI start (logging only where nothing configured it yet)."""
     default_datasets_cache()
     quiet_deepspeed()
-    setup_logging(logging.INFO)
+    setup_logging(logging.INFO, force=False)
 
 
 @contextlib.contextmanager
