@@ -2,9 +2,11 @@
 
 Each builder writes a directory that plain `from_pretrained` loads exactly like a hub id
 (`openai/clip-vit-large-patch14`, `FacebookAI/xlm-roberta-large`), so tests and the bundled demo run the
-real code paths without network access. Tokenizers are trained in about a second with the `tokenizers`
-library, using the same normalisation and pre-tokenisation that the transformers tokenizer classes rebuild
-at load time, so what is trained here is what gets loaded.
+real code paths without network access. Tokenizers are trained in about a second (CLIP's BPE with
+`tokenizers`, XLM-R's Unigram with `sentencepiece`), using the same normalisation and pre-tokenisation
+that the transformers tokenizer classes use at load time, so what is trained here is what gets loaded.
+The XLM-R stand-in spells characters it has no piece for in bytes, so no script comes out as `<unk>`.
+`pretrain_tiny_clip` gives a tiny CLIP a few seconds of contrastive training (the bundled tiny teacher).
 """
 
 from __future__ import annotations
