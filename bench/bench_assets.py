@@ -48,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the working tree's altclip_train
 
-ASSETS_VERSION = "bench-v3"
+ASSETS_VERSION = "bench-v4"  # v4: student tokenizer with byte fallback
 LANGUAGES = ("en", "zh", "es", "fr", "ru", "ja", "ko", "ar", "it")
 SENTENCES_PER_CAPTION = (1, 2, 3, 4)
 SENTENCE_PROBABILITIES = (0.4, 0.38, 0.16, 0.06)

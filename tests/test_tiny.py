@@ -163,13 +163,14 @@ def test_xlmr_tokenizer_with_more_characters_than_room_spells_the_rare_ones_in_b
         train_xlmr_tokenizer(SAMPLE_SENTENCES, tmp_path / "small", vocab_size=200)
 
 
-def test_tokenizer_training_is_fast(tmp_path):
-    import time
-
-    start = time.perf_counter()
-    train_clip_tokenizer(SAMPLE_SENTENCES * 20, tmp_path / "clip")
-    train_xlmr_tokenizer(SAMPLE_SENTENCES * 20, tmp_path / "xlmr")
-    assert time.perf_counter() - start < 4.0
+def test_tokenizer_training_is_reproducible(tmp_path):
+    # Tiny assets are keyed by version, not content: the same texts must give the same tokenizers.
+    for run in ("a", "b"):
+        train_clip_tokenizer(SAMPLE_SENTENCES * 20, tmp_path / run / "clip")
+        train_xlmr_tokenizer(SAMPLE_SENTENCES * 20, tmp_path / run / "xlmr")
+    for name in ("clip", "xlmr"):
+        assert (tmp_path / "a" / name / "tokenizer.json").read_bytes() == \
+               (tmp_path / "b" / name / "tokenizer.json").read_bytes()
 
 
 def test_tiny_clip_round_trips_through_from_pretrained(clip_dir):
