@@ -378,3 +378,12 @@ def test_full_verify_catches_a_flip_that_kept_the_mtime(tiny_teacher, tiny_stude
         make_data(tiny_teacher, tiny_student, corpora, tmp_path, cache_chunk_rows=8,
                   cache_verify="full").setup(FAKE_ACCELERATOR)
     assert "chunk(s) 0 do not match" in caplog.text and path.read_bytes() == good
+
+
+def test_dataloader_workers_slice_the_memory_map_to_the_same_batches(tiny_teacher, tiny_student, corpora, tmp_path):
+    data = make_data(tiny_teacher, tiny_student, corpora, tmp_path, num_workers=2)
+    data.setup(FAKE_ACCELERATOR)
+    in_workers = [(b["student_input_ids"].tolist(), b["teacher_embeds"].tolist()) for b in data.train_batches(1)]
+    data.num_workers = 0
+    in_process = [(b["student_input_ids"].tolist(), b["teacher_embeds"].tolist()) for b in data.train_batches(1)]
+    assert in_workers == in_process and len(in_process) == data.num_train_batches(1)
