@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-            warm_imports(args.worker)
+        warm_imports(args.worker)
         print("RESULT " + json.dumps(WORKERS[args.worker](args)), flush=True)
         return 0
 
