@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
-# Corpus scale (BENCHMARKS.md "Corpus scale"): phase-1 setup and the image cache at 3 sizes, ~20 min here.
+# Corpus scale (BENCHMARKS.md "Corpus scale"): phase-1 setup and the image cache at 3 sizes, ~25 min here.
 bench-scale: $(STAMP)
 	$(PY) bench/scale_phase1.py --json-out bench/results/scale.json
 

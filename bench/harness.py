@@ -45,6 +45,7 @@ class RunMeter:
         self.marks: dict[str, float] = {}
         self.start_time = self.end_time = None
         self._peak_tree = 0
+        self._peak_pss = 0
         self._stop = threading.Event()
         self._sampler = None
         self._hook = optimizer_module.register_optimizer_step_post_hook(self._on_step)
@@ -70,9 +71,19 @@ class RunMeter:
                     except psutil.Error:
                         pass
                 self._peak_tree = max(self._peak_tree, total)
+                if samples % 10 == 1:  # PSS reads smaps: every 10th sample only
+                    self._peak_pss = max(self._peak_pss, _tree_pss(me, children))
             except psutil.Error:
                 pass
             self._stop.wait(self.sample_every_s)
+
+    @property
+    def peak_tree_rss(self) -> int:
+        return self._peak_tree
+
+    @property
+    def peak_tree_pss(self) -> int:
+        return self._peak_pss
 
     def start(self) -> None:
         import psutil
@@ -117,6 +128,20 @@ class RunMeter:
             "rss_at_start_mib": self.rss_at_start / 2**20,
             **{f"{name}_s": value for name, value in self.marks.items()},
         }
+
+
+def _tree_pss(me, children) -> int:
+    """Proportional set size of the process tree: a page shared by k processes counts 1/k in each, so forked
+    workers (which share their parent's libraries and memory maps) are not counted k times as RSS is."""
+    import psutil
+
+    total = 0
+    for process in (me, *children):
+        try:
+            total += process.memory_full_info().pss
+        except (psutil.Error, AttributeError):
+            pass
+    return total
 
 
 def tree_cpu_seconds() -> float:

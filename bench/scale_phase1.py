@@ -18,8 +18,8 @@ Also measured in the same run:
   processes built the store and which teacher-cache chunks each rank computed;
 - the image cache (`altclip-train cache-images`'s code path) at three shard-set sizes, first start and restart.
 
-    make bench-scale                                       # the sizes below, ~20 min on 2 cores
-    .venv-bench/bin/python bench/scale_phase1.py --sizes 125000,500000,2000000 --images 1250,5000,20000 \
+    make bench-scale                                       # the sizes below, ~25 min on 2 cores
+    .venv/bin/python bench/scale_phase1.py --sizes 62500,250000,1000000 --images 1250,5000,20000 \
         --json-out bench/results/scale.json
 """
 
@@ -170,7 +170,7 @@ def worker_framework(args) -> dict:
             "teacher_chunks_built": data.teacher_cache_stats["chunks_built"],
             "teacher_forward_share": data.teacher_cache_stats["forward_s"] / max(data.teacher_cache_stats["seconds"], 1e-9),
             "first_step_s": meter.marks["first_step"] - meter.marks["data_ready"],
-            "to_first_step_s": meter.marks["first_step"], "peak_rss_mib": _peak(meter),
+            "to_first_step_s": meter.marks["first_step"], **_memory(meter),
             "pairs": data.store.num_pairs, "loss": float(loss), "torch_threads": torch.get_num_threads()}
 
 
@@ -183,7 +183,11 @@ def _optim():
 def _peak(meter: RunMeter) -> float:
     import resource
 
-    return max(meter._peak_tree, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    return max(meter.peak_tree_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+
+
+def _memory(meter: RunMeter) -> dict:
+    return {"peak_rss_mib": _peak(meter), "peak_pss_mib": meter.peak_tree_pss / 2**20}
 
 
 def worker_sentence_transformers(args) -> dict:
@@ -228,7 +232,7 @@ def worker_sentence_transformers(args) -> dict:
     meter.finish()
     return {"read_s": meter.marks["read"], "teacher_cache_s": meter.marks["labels"] - meter.marks["read"],
             "first_step_s": meter.marks["first_step"] - meter.marks["labels"],
-            "to_first_step_s": meter.marks["first_step"], "peak_rss_mib": _peak(meter)}
+            "to_first_step_s": meter.marks["first_step"], **_memory(meter)}
 
 
 def worker_tokenize_baseline(args) -> dict:
@@ -257,7 +261,7 @@ def worker_images(args) -> dict:
                                           num_workers=1, device="cpu")
     meter.mark("ready")
     meter.finish()
-    return {"images": int(cache.index.num_rows), "wall_s": meter.marks["ready"], "peak_rss_mib": _peak(meter),
+    return {"images": int(cache.index.num_rows), "wall_s": meter.marks["ready"], **_memory(meter),
             "rss_at_start_mib": meter.rss_at_start / 2**20}
 
 
@@ -299,7 +303,7 @@ def spawn(kind: str, extra: list[str], log: Path, world: int = 1, python: str | 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="125000,500000,2000000", help="corpus sizes in pairs")
+    parser.add_argument("--sizes", default="62500,250000,1000000", help="corpus sizes in pairs")
     parser.add_argument("--images", default="1250,5000,20000", help="image shard-set sizes")
     parser.add_argument("--root", default=None, help="work dir (default: $ALTCLIP_CACHE_DIR/bench-scale)")
     parser.add_argument("--num-proc", default="auto", help="data.tokenize_num_proc for the framework")
@@ -370,20 +374,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary_table(report: dict) -> str:
-    lines = ["| pairs | first start: read / tokenise / teacher cache / first step | first wall | first peak RSS | "
-             "restart wall | restart peak RSS | sentence-transformers wall | ST peak RSS |",
+    lines = ["| pairs | first start: read / tokenise / teacher cache / first step | first wall | first peak RSS (PSS) | "
+             "restart wall | restart peak RSS (PSS) | sentence-transformers wall | ST peak RSS (PSS) |",
              "|---|---|---|---|---|---|---|---|"]
     for row in report["phase1"]:
         first, again, st = row["first"], row["restart"], row.get("sentence_transformers", {})
         lines.append(f"| {row['pairs']:,} | {first['read_s']:.1f} / {first['tokenize_s']:.1f} / "
                      f"{first['teacher_cache_s']:.1f} / {first['first_step_s']:.1f} s | {first['to_first_step_s']:.1f} s | "
-                     f"{first['peak_rss_mib']:.0f} MiB | {again['to_first_step_s']:.1f} s | {again['peak_rss_mib']:.0f} MiB | "
-                     f"{st.get('to_first_step_s', float('nan')):.1f} s | {st.get('peak_rss_mib', float('nan')):.0f} MiB |")
-    lines += ["", "| images | first wall | first peak RSS | restart wall | restart peak RSS |", "|---|---|---|---|---|"]
+                     f"{_mib(first)} | {again['to_first_step_s']:.1f} s | {_mib(again)} | "
+                     f"{st.get('to_first_step_s', float('nan')):.1f} s | {_mib(st)} |")
+    lines += ["", "| images | first wall | first peak RSS (PSS) | restart wall | restart peak RSS (PSS) |", "|---|---|---|---|---|"]
     for row in report["images"]:
-        lines.append(f"| {row['images']:,} | {row['first']['wall_s']:.1f} s | {row['first']['peak_rss_mib']:.0f} MiB | "
-                     f"{row['restart']['wall_s']:.1f} s | {row['restart']['peak_rss_mib']:.0f} MiB |")
+        lines.append(f"| {row['images']:,} | {row['first']['wall_s']:.1f} s | {_mib(row['first'])} | "
+                     f"{row['restart']['wall_s']:.1f} s | {_mib(row['restart'])} |")
     return "\n".join(lines)
+
+
+def _mib(result: dict) -> str:
+    if "peak_rss_mib" not in result:
+        return "n/a"
+    return f"{result['peak_rss_mib']:.0f} ({result['peak_pss_mib']:.0f}) MiB"
 
 
 if __name__ == "__main__":
