@@ -31,11 +31,18 @@ log = logging.getLogger(__name__)
 # own class (with trust_remote_code=True). It contains no model code.
 AUTO_MODEL_MODULE = "modeling_altclip_text"
 AUTO_MODEL_CODE = '''"""Lets `AutoModel.from_pretrained(..., trust_remote_code=True)` load this AltCLIPTextModel:
-transformers maps no Auto class to it. No model code lives here; the class is transformers' own."""
+transformers maps no Auto class to it. No model code lives here: the class is transformers' own, under a
+subclass of its own so that AutoModel's registration (`register_for_auto_class`) marks this subclass only,
+never transformers' AltCLIPTextModel itself."""
 
-from transformers import AltCLIPTextConfig, AltCLIPTextModel
+from transformers import AltCLIPTextConfig
+from transformers import AltCLIPTextModel as TransformersAltCLIPTextModel
 
 __all__ = ["AltCLIPTextConfig", "AltCLIPTextModel"]
+
+
+class AltCLIPTextModel(TransformersAltCLIPTextModel):
+    pass
 '''
 
 

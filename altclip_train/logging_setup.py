@@ -64,6 +64,7 @@ def setup_logging(level: int = logging.INFO, fmt: str = DEFAULT_FORMAT, force: b
 
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
+    hf_logging.set_verbosity_warning()  # transformers' own default; a library import may have lowered it
 
 
 def quiet_deepspeed() -> None:

@@ -155,3 +155,24 @@ def test_wandb_logger_runs_offline_and_keeps_no_secret(tiny_teacher, tiny_studen
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file() and path.suffix in {".yaml", ".json", ".jsonl", ".log", ".txt"}:
             assert "secret-key-that-must-not-leak" not in path.read_text(errors="ignore"), path
+
+
+def test_automodel_loads_phase1_output_and_leaves_transformers_class_untouched(tiny_teacher, tiny_student, tmp_path):
+    """AutoModel (trust_remote_code) registers the class it loads for auto-saving; that must be our
+    re-export's subclass, or every later save of transformers' AltCLIPTextModel in the process breaks."""
+    from transformers import AutoModel
+
+    from altclip_train.export import add_auto_model_entry
+    from altclip_train.models.teacher import teacher_text_dim
+
+    student = build_student(str(tiny_student), teacher_text_dim(str(tiny_teacher)))
+    student.save_pretrained(tmp_path / "phase1")
+    AutoTokenizer.from_pretrained(tiny_student).save_pretrained(tmp_path / "phase1")
+    add_auto_model_entry(tmp_path / "phase1")
+    loaded = AutoModel.from_pretrained(tmp_path / "phase1", trust_remote_code=True)
+    assert isinstance(loaded, AltCLIPTextModel) and AltCLIPTextModel._auto_class is None
+    tokens = AutoTokenizer.from_pretrained(tmp_path / "phase1")(["a cat"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**tokens).pooler_output, student.eval()(**tokens).pooler_output)
+    build_student(str(tiny_student), teacher_text_dim(str(tiny_teacher))).save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").is_file()
