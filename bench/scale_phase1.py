@@ -41,6 +41,9 @@ from harness import RunMeter, machine, this_command, write_json  # noqa: E402
 HERE = Path(__file__).resolve()
 MAX_LENGTH = 64
 BATCH = 64
+# The chunk a 768-d teacher (ViT-L/14) gets by default (~32 MB); this benchmark's 32-d teacher would get
+# 512k-row chunks, which would leave a second rank nothing to do at these sizes.
+TEACHER_CHUNK_ROWS = 20480
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -150,7 +153,8 @@ def worker_framework(args) -> dict:
     data = ParallelTextData(corpora=[{"lang": "fr", **corpus}], languages=["en", "fr"], batch_size=BATCH,
                             student=args.student, teacher=args.teacher, student_max_length=MAX_LENGTH,
                             teacher_max_length=MAX_LENGTH, cache_dir=args.cache_dir, val_size=500, num_workers=0,
-                            teacher_batch_size=512, tokenize_num_proc=args.num_proc)
+                            teacher_batch_size=512, tokenize_num_proc=args.num_proc,
+                            cache_chunk_rows=TEACHER_CHUNK_ROWS)
     data.setup(accelerator)
     meter.mark("data_ready")
     task = DistillTask(teacher=args.teacher, student=args.student)

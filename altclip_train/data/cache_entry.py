@@ -58,7 +58,7 @@ class Region:
 
 @dataclass
 class BuildReport:
-    """What the last `build` of this process did, for logs and benchmarks."""
+    """What the last `build` did on this rank: chunks it computed, chunks that were already complete."""
 
     chunks_built: int = 0
     chunks_reused: int = 0
@@ -256,7 +256,7 @@ class CacheEntry:
         if not self.is_complete():
             raise FileNotFoundError(f"rank {rank} cannot see {self.complete_path} that rank 0 wrote; put the cache "
                                     f"dir on a filesystem every rank shares")
-        self.report = BuildReport(chunks_built=len(pending), chunks_reused=self.num_chunks - len(pending),
+        self.report = BuildReport(chunks_built=len(mine), chunks_reused=self.num_chunks - len(pending),
                                   seconds=time.perf_counter() - started)
 
     def _write_complete(self, files: dict) -> None:

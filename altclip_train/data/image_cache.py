@@ -197,7 +197,7 @@ class ShardIndex:
 
         entry.build(scan, accelerator, verify=verify, desc="indexing shards")
         index = cls(entry, urls, description)
-        if rank == 0 and entry.report.chunks_built:
+        if rank == 0 and entry.report.chunks_reused < entry.num_chunks:
             skipped = index.skipped
             log.info("indexed %d images (%d captions) in %d shards into %s%s", index.num_rows,
                      index.meta["num_captions"], len(urls), entry.dir, f"; skipped: {dict(skipped)}" if skipped else "")
