@@ -387,3 +387,16 @@ def test_dataloader_workers_slice_the_memory_map_to_the_same_batches(tiny_teache
     data.num_workers = 0
     in_process = [(b["student_input_ids"].tolist(), b["teacher_embeds"].tolist()) for b in data.train_batches(1)]
     assert in_workers == in_process and len(in_process) == data.num_train_batches(1)
+
+
+def test_an_entry_keeps_its_chunking_when_a_later_run_asks_for_another(tiny_teacher, tiny_student, corpora, tmp_path,
+                                                                      monkeypatch):
+    make_data(tiny_teacher, tiny_student, corpora, tmp_path, cache_chunk_rows=8).setup(FAKE_ACCELERATOR)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher was loaded: the entry was rebuilt for a new chunk size")
+
+    monkeypatch.setattr("altclip_train.models.teacher.load_teacher_text_model", refuse)
+    data = make_data(tiny_teacher, tiny_student, corpora, tmp_path, cache_chunk_rows=16)
+    data.setup(FAKE_ACCELERATOR)
+    assert data.teacher_cache_stats["chunks_built"] == 0

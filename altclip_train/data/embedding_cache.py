@@ -48,6 +48,16 @@ def hash_strings(items) -> str:
     return digest.hexdigest()
 
 
+def _existing_chunk_rows(directory: Path) -> int | None:
+    import json
+
+    try:
+        layout = json.loads((directory / "layout.json").read_text())
+        return int(layout["chunk_rows"]) if layout.get("format") == FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class EmbeddingCache:
     """One entry: `load()` returns the vectors if the entry is complete and intact; `load_or_build()` makes it so."""
 
@@ -58,7 +68,9 @@ class EmbeddingCache:
         self.num_rows = int(num_rows)
         self.dim = int(dim)
         self.dir = Path(root).expanduser() / kind / self.key
-        self.chunk_rows = int(chunk_rows or default_chunk_rows(self.dim))
+        # An entry keeps the chunking it was started with (a resumed or reused build must line up with the
+        # chunks on disk), whatever chunk size this call asks for.
+        self.chunk_rows = _existing_chunk_rows(self.dir) or int(chunk_rows or default_chunk_rows(self.dim))
         num_chunks = -(-self.num_rows // self.chunk_rows)
         self.entry = CacheEntry(self.dir, num_chunks, {
             "format": FORMAT, "rows": self.num_rows, "dim": self.dim, "dtype": "float16",
