@@ -46,6 +46,7 @@ class RunMeter:
         self.start_time = self.end_time = None
         self._peak_tree = 0
         self._peak_pss = 0
+        self._peak_anon = 0
         self._stop = threading.Event()
         self._sampler = None
         self._hook = optimizer_module.register_optimizer_step_post_hook(self._on_step)
@@ -71,6 +72,7 @@ class RunMeter:
                     except psutil.Error:
                         pass
                 self._peak_tree = max(self._peak_tree, total)
+                self._peak_anon = max(self._peak_anon, _tree_anon(me, children))
                 if samples % 10 == 1:  # PSS reads smaps: every 10th sample only
                     self._peak_pss = max(self._peak_pss, _tree_pss(me, children))
             except psutil.Error:
@@ -84,6 +86,10 @@ class RunMeter:
     @property
     def peak_tree_pss(self) -> int:
         return self._peak_pss
+
+    @property
+    def peak_tree_anon(self) -> int:
+        return self._peak_anon
 
     def start(self) -> None:
         import psutil
@@ -128,6 +134,23 @@ class RunMeter:
             "rss_at_start_mib": self.rss_at_start / 2**20,
             **{f"{name}_s": value for name, value in self.marks.items()},
         }
+
+
+def _tree_anon(me, children) -> int:
+    """Anonymous resident memory of the process tree (RssAnon): what the processes hold themselves. RSS also
+    counts the pages of memory-mapped files they touched, which are the kernel's page cache (shared by every
+    rank on a node, and dropped under pressure), so RSS grows as an epoch reads through a memory map."""
+    total = 0
+    for process in (me, *children):
+        try:
+            with open(f"/proc/{process.pid}/status") as status:
+                for line in status:
+                    if line.startswith("RssAnon:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return total
 
 
 def _tree_pss(me, children) -> int:

@@ -191,7 +191,8 @@ def _peak(meter: RunMeter) -> float:
 
 
 def _memory(meter: RunMeter) -> dict:
-    return {"peak_rss_mib": _peak(meter), "peak_pss_mib": meter.peak_tree_pss / 2**20}
+    return {"peak_rss_mib": _peak(meter), "peak_pss_mib": meter.peak_tree_pss / 2**20,
+            "peak_anon_mib": meter.peak_tree_anon / 2**20}
 
 
 def worker_sentence_transformers(args) -> dict:
@@ -378,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary_table(report: dict) -> str:
-    lines = ["| pairs | first start: read / tokenise / teacher cache / first step | first wall | first peak RSS (PSS) | "
-             "restart wall | restart peak RSS (PSS) | sentence-transformers wall | ST peak RSS (PSS) |",
+    lines = ["| pairs | first start: read / tokenise / teacher cache / first step | first wall | first peak anon / PSS / RSS | "
+             "restart wall | restart peak anon / PSS / RSS | sentence-transformers wall | ST peak anon / PSS / RSS |",
              "|---|---|---|---|---|---|---|---|"]
     for row in report["phase1"]:
         first, again, st = row["first"], row["restart"], row.get("sentence_transformers", {})
@@ -387,7 +388,7 @@ def summary_table(report: dict) -> str:
                      f"{first['teacher_cache_s']:.1f} / {first['first_step_s']:.1f} s | {first['to_first_step_s']:.1f} s | "
                      f"{_mib(first)} | {again['to_first_step_s']:.1f} s | {_mib(again)} | "
                      f"{st.get('to_first_step_s', float('nan')):.1f} s | {_mib(st)} |")
-    lines += ["", "| images | first wall | first peak RSS (PSS) | restart wall | restart peak RSS (PSS) |", "|---|---|---|---|---|"]
+    lines += ["", "| images | first wall | first peak anon / PSS / RSS | restart wall | restart peak anon / PSS / RSS |", "|---|---|---|---|---|"]
     for row in report["images"]:
         lines.append(f"| {row['images']:,} | {row['first']['wall_s']:.1f} s | {_mib(row['first'])} | "
                      f"{row['restart']['wall_s']:.1f} s | {_mib(row['restart'])} |")
@@ -397,7 +398,7 @@ def summary_table(report: dict) -> str:
 def _mib(result: dict) -> str:
     if "peak_rss_mib" not in result:
         return "n/a"
-    return f"{result['peak_rss_mib']:.0f} ({result['peak_pss_mib']:.0f}) MiB"
+    return f"{result['peak_anon_mib']:.0f} / {result['peak_pss_mib']:.0f} / {result['peak_rss_mib']:.0f} MiB"
 
 
 if __name__ == "__main__":
