@@ -9,7 +9,7 @@ k of an epoch is just skipping the first k entries of the plan.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +25,7 @@ class BatchPlan:
     bucket_by_length: bool = True
     bucket_span: int = 64          # batches sorted together in one bucket window
     drop_last: bool = True
+    _latest: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     def epoch_rows(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
@@ -38,6 +39,15 @@ class BatchPlan:
         return rng.permutation(rows) if self.shuffle else rows
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
+        # The loop asks for an epoch's length and then for its batches: plan it once (it costs a
+        # permutation of the whole corpus, the one step of a restart that grows with it).
+        if self._latest[0] == epoch:
+            return list(self._latest[1])
+        batches = self._plan(epoch)
+        self._latest = (epoch, batches)
+        return list(batches)
+
+    def _plan(self, epoch: int) -> list[np.ndarray]:
         rows = self.epoch_rows(epoch)
         size = self.global_batch_size
         if self.bucket_by_length:
@@ -86,6 +96,8 @@ def language_weights(sizes: list[int], langs: list[str], weights: list[float],
     balance languages this way; alpha = 1 keeps the natural shares, 0 makes them uniform). The epoch keeps
     its length, and the groups of one language keep their proportions to each other.
     """
+    from altclip_train.data.loading import tempered_language_shares
+
     if alpha is None or float(alpha) == 1.0:
         return list(weights)
     effective = [weight * size for weight, size in zip(weights, sizes)]
@@ -93,7 +105,7 @@ def language_weights(sizes: list[int], langs: list[str], weights: list[float],
     for rows, lang in zip(effective, langs):
         per_lang[lang] = per_lang.get(lang, 0.0) + rows
     present = {lang: rows for lang, rows in per_lang.items() if rows > 0}
-    norm = sum(rows ** float(alpha) for rows in present.values())
+    shares = tempered_language_shares(present, alpha)
     total = sum(present.values())
-    scale = {lang: total * rows ** float(alpha) / norm / rows for lang, rows in present.items()}
+    scale = {lang: total * shares[lang] / rows for lang, rows in present.items()}
     return [weight * scale.get(lang, 1.0) for weight, lang in zip(weights, langs)]
