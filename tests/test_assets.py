@@ -67,6 +67,7 @@ def test_build_once_leaves_nothing_behind_a_failed_build_and_retries(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_ranks_build_the_tiny_assets_on_a_fresh_cache(tmp_path):
     """accelerate launch, 2 gloo ranks, a fresh ALTCLIP_CACHE_DIR each round; the rank that takes the
     build lock is rank 1, then rank 0, then whichever wins. Both ranks must then load every asset.

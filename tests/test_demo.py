@@ -13,6 +13,7 @@ from altclip_train.demo.run import LANGUAGES
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_demo_quick_runs_every_step_and_writes_the_report(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "WANDB_MODE": "offline", "ALTCLIP_CACHE_DIR": str(tmp_path / "cache")}

@@ -45,6 +45,7 @@ def assert_landed(run_dir: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_demo_experiments(tmp_path):
     from altclip_train.demo.run import prepare
 

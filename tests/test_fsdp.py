@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from launching import PYTHON, REPO, exported_outputs, phase_overrides, run, scaleout_inputs
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.heavy]
 
 STEPS, SAVE_AT = 8, 4
 

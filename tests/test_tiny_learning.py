@@ -24,6 +24,7 @@ def val_rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_tiny_quick_start_shows_learning_in_both_phases(tmp_path):
     chance = 1 / TINY_VAL_SIZE
     phase1 = tmp_path / "distill"
