@@ -19,7 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/altclip-train demo
 
-# The suite CI runs (~12 min here); test-all adds the heavy end-to-end runs (~20 min).
+# The suite CI runs (~13 min here); test-all adds the heavy end-to-end runs (~20 min).
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not heavy"
 
