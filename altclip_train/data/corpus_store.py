@@ -30,7 +30,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -247,7 +246,6 @@ def build_store(specs: list[CorpusSpec], languages: list[str], student: Tokeniza
     skipped: Counter = Counter()
     groups: list[dict] = []
     group_ids: list[np.ndarray] = []
-    lang_codes = {lang: code for code, lang in enumerate(sorted(set(languages)))}
     from tqdm.auto import tqdm
 
     with pa.OSFile(str(staging / "text.arrow"), "wb") as sink, pa.ipc.new_stream(sink, PAIR_SCHEMA) as writer, \
@@ -270,7 +268,6 @@ def build_store(specs: list[CorpusSpec], languages: list[str], student: Tokeniza
                 progress.update(batch.num_rows)
             skipped.update(counts)
     timings["read_s"] = time.perf_counter() - started
-    del lang_codes
 
     # ---- deduplicate the English side (Arrow hash table, no Python strings)
     started = time.perf_counter()
@@ -307,7 +304,7 @@ def build_store(specs: list[CorpusSpec], languages: list[str], student: Tokeniza
     np.save(staging / "pair_group.npy", pair_group)
 
     # ---- <unk> rates per language, in the student tokenizer
-    unk_rates = _unk_rates(staging, source_files, target_files, student_len, target_len, pair_group, groups)
+    unk_rates = _unk_rates(staging, source_files, target_files, pair_group, groups)
     for lang, rate in sorted(unk_rates.items()):
         if rate > UNK_WARNING_RATE:
             log.warning("language %s: %.1f%% of its tokens are <unk> in the student tokenizer; that text is "
@@ -384,20 +381,20 @@ def _numeric(staging: Path, files: list[str], column: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 
-def _unk_rates(staging: Path, source_files, target_files, student_len, target_len, pair_group, groups) -> dict:
+def _unk_rates(staging: Path, source_files, target_files, pair_group, groups) -> dict:
     """Share of <unk> among each language's student tokens (English from the sources, others from targets)."""
     rates = {}
     source_unk = _numeric(staging, source_files, "student_unk")
     if len(source_unk):
         rates["en"] = float(source_unk.sum() / max(int(_numeric(staging, source_files, "student_plain").sum()), 1))
     target_unk = _numeric(staging, target_files, "target_unk")
-    target_len = _numeric(staging, target_files, "target_plain")
+    target_plain = _numeric(staging, target_files, "target_plain")
     langs = sorted({group["lang"] for group in groups})
     lang_of_group = np.array([langs.index(group["lang"]) for group in groups] or [0])
     if len(pair_group):
         pair_lang = lang_of_group[pair_group]
         unk = np.bincount(pair_lang, weights=target_unk, minlength=len(langs))
-        tokens = np.bincount(pair_lang, weights=target_len, minlength=len(langs))
+        tokens = np.bincount(pair_lang, weights=target_plain, minlength=len(langs))
         for code, lang in enumerate(langs):
             if lang != "en" and tokens[code]:
                 rates[lang] = float(unk[code] / tokens[code])
