@@ -101,7 +101,7 @@ def build_assets(root: Path, size: str, pairs: int, images: int, device: torch.d
     from transformers import AltCLIPTextModel, CLIPModel, CLIPProcessor, XLMRobertaModel
 
     from altclip_train.assets import build_once
-    from altclip_train.data.images import ClipImageTransform
+    from altclip_train.data.images import clip_preprocessor
     from altclip_train.data.prepare_wds import prepare_wds
     from altclip_train.demo.build_data import load_everyday
     from altclip_train.models.student import student_config_from_xlmr
@@ -116,7 +116,7 @@ def build_assets(root: Path, size: str, pairs: int, images: int, device: torch.d
         xlmr_tok.save_pretrained(out / "phase1")
         clip_config, xlmr_config = model_configs(size, clip_tok)
         image = clip_config.vision_config.image_size
-        CLIPProcessor(image_processor=ClipImageTransform(resize=image, crop=image).to_processor(),
+        CLIPProcessor(image_processor=clip_preprocessor(image).processor,
                       tokenizer=clip_tok).save_pretrained(out / "teacher")
         for model_class, config, where in ((CLIPModel, clip_config, "teacher"), (XLMRobertaModel, xlmr_config, "student"),
                                            (AltCLIPTextModel, student_config_from_xlmr(xlmr_config, clip_config.text_config.hidden_size), "phase1")):

@@ -28,12 +28,12 @@ def main() -> None:
     from transformers import AutoConfig, AutoTokenizer, CLIPModel
 
     from altclip_train.models.student import build_student
-    from altclip_train.models.teacher import teacher_text_dim
+    from altclip_train.models.teachers import load_teacher
 
     assert AutoConfig.from_pretrained(paths["teacher"]).model_type == "clip"
     CLIPModel.from_pretrained(paths["teacher"])
     AutoTokenizer.from_pretrained(paths["student"])
-    build_student(paths["student"], teacher_text_dim(paths["teacher"]))
+    build_student(paths["student"], load_teacher(paths["teacher"]).text_dim)
     accelerator.wait_for_everyone()
     print(f"rank ok ({rank})", flush=True)
 

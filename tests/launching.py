@@ -200,9 +200,9 @@ def build_phase1_output(teacher: Path, student: Path, out_dir: Path) -> Path:
     from transformers import AutoTokenizer
 
     from altclip_train.models.student import build_student
-    from altclip_train.models.teacher import teacher_text_dim
+    from altclip_train.models.teachers import load_teacher
 
-    build_student(str(student), teacher_text_dim(str(teacher))).save_pretrained(out_dir, safe_serialization=True)
+    build_student(str(student), load_teacher(str(teacher)).text_dim).save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(student).save_pretrained(out_dir)
     return out_dir
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import clip_preprocessor
 from altclip_train.evaluate.benchmarks import READERS, BenchmarkEvaluator, open_benchmark
 from altclip_train.evaluate.benchmarks.base import ClassificationBenchmark, ClassSet, RetrievalBenchmark
 from altclip_train.evaluate.benchmarks.results import clip_benchmark_metrics, write_clip_benchmark_results
@@ -24,7 +24,7 @@ from altclip_train.models.tiny import build_tiny_clip, train_xlmr_tokenizer
 skimage_data = pytest.importorskip("skimage.data")
 
 IMAGE_SIZE = 32
-TRANSFORM = ClipImageTransform(resize=IMAGE_SIZE, crop=IMAGE_SIZE)
+TRANSFORM = clip_preprocessor(IMAGE_SIZE)
 
 # ---------------------------------------------------------------------------------------------- hand examples
 

@@ -242,7 +242,7 @@ def test_phase2_tiny_says_in_one_line_where_it_looked(capsys, tmp_path, monkeypa
 
 def test_schema_errors_name_nested_targets():
     cfg = compose_config("contrastive", ["model.model.student=/s", "data.shards=/x", "+model.model.dropout=0.1"])
-    with pytest.raises(ConfigError, match=r"^model.model.dropout: unknown key \(assemble_altclip takes teacher, "
+    with pytest.raises(ConfigError, match=r"^model.model.dropout: unknown key \(assemble takes teacher, "
                                           r"student, trust_remote_code\)$"):
         validate(cfg)
 

@@ -16,7 +16,7 @@ from transformers import AltCLIPModel, AltCLIPProcessor, CLIPModel
 
 from altclip_train.cli import compose_config
 from altclip_train.data.prepare_wds import prepare_wds
-from altclip_train.models.assemble import assemble_altclip
+from altclip_train.models.assemble import assemble
 from altclip_train.models.student import NotAStudentCheckpoint
 from altclip_train.models.tiny import SAMPLE_CAPTIONS, SAMPLE_SENTENCES, build_tiny_clip
 from altclip_train.tasks.distill import DistillTask
@@ -66,7 +66,7 @@ def test_image_side_stays_bit_identical_and_the_text_side_learns(tiny_teacher, p
     final = run_contrastive(*contrastive_overrides(tiny_teacher, phase1_dir, pair_shards, tmp_path / "run",
                                                    f"data.image_cache={str(image_cache).lower()}"))
     trained = AltCLIPModel.from_pretrained(final).state_dict()
-    start = assemble_altclip(str(tiny_teacher), str(phase1_dir)).state_dict()
+    start = assemble(str(tiny_teacher), str(phase1_dir)).state_dict()
     image_side = [k for k in start if k.startswith(("vision_model.", "visual_projection."))]
     assert image_side and all(torch.equal(start[k], trained[k]) for k in image_side)
     assert not torch.equal(start["text_projection.weight"], trained["text_projection.weight"])
@@ -81,7 +81,7 @@ def test_export_round_trip_gives_the_training_time_logits(tiny_teacher, phase1_d
     model = AltCLIPModel.from_pretrained(final).eval()
     processor = AltCLIPProcessor.from_pretrained(final)
     # The training-time model: the assembled AltCLIP with the last checkpoint's weights.
-    reference = assemble_altclip(str(tiny_teacher), str(phase1_dir))
+    reference = assemble(str(tiny_teacher), str(phase1_dir))
     state = load_file(tmp_path / "run" / "checkpoints" / "step-00000006" / "model.safetensors")
     state = {k.removeprefix("model."): v for k, v in state.items()}
     state["logit_scale"] = state["logit_scale"].reshape(())
@@ -119,15 +119,15 @@ def test_same_task_trains_a_plain_clip_with_nothing_frozen(tiny_teacher, pair_sh
 
 def test_phase1_dir_that_is_not_a_phase1_output(tiny_teacher, tmp_path):
     with pytest.raises(NotAStudentCheckpoint, match="no config.json"):
-        assemble_altclip(str(tiny_teacher), str(tmp_path))
+        assemble(str(tiny_teacher), str(tmp_path))
     with pytest.raises(NotAStudentCheckpoint, match="model_type is 'clip'"):
-        assemble_altclip(str(tiny_teacher), str(tiny_teacher))
+        assemble(str(tiny_teacher), str(tiny_teacher))
 
 
 def test_teacher_whose_text_width_differs_from_the_students_project_dim(phase1_dir, tmp_path):
     other = build_tiny_clip(tmp_path / "wide", SAMPLE_SENTENCES, hidden=32, heads=2)
     with pytest.raises(ValueError, match="text width 32 but student .* has project_dim 64"):
-        assemble_altclip(str(other), str(phase1_dir))
+        assemble(str(other), str(phase1_dir))
 
 
 def test_zero_shot_evaluator_runs_during_training_without_validation_shards(tiny_teacher, phase1_dir, pair_shards,
@@ -142,7 +142,7 @@ def test_zero_shot_evaluator_runs_during_training_without_validation_shards(tiny
             Image.open(pair_shards.parent / f"{label * 2 + i}.png").save(classes / "images" / str(label) / f"{i}.png")
     evaluator = ("model.evaluator={_target_: altclip_train.evaluate.zeroshot.ZeroShotEvaluator, "
                  f"image_source: '{classes / 'images'}', classnames_dir: '{classes / 'names'}', templates_dir: null, "
-                 "languages: [en, zh], transform: {_target_: altclip_train.data.images.ClipImageTransform.from_pretrained, "
+                 "languages: [en, zh], transform: {_target_: altclip_train.data.images.ImagePreprocessor.from_pretrained, "
                  f"name_or_path: '{tiny_teacher}'}}, tokenizer: {{_target_: transformers.AutoTokenizer.from_pretrained, "
                  f"pretrained_model_name_or_path: '{phase1_dir}'}}}}")
     run_contrastive(*contrastive_overrides(tiny_teacher, phase1_dir, pair_shards, tmp_path / "run",

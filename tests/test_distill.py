@@ -163,9 +163,9 @@ def test_automodel_loads_phase1_output_and_leaves_transformers_class_untouched(t
     from transformers import AutoModel
 
     from altclip_train.export import add_auto_model_entry
-    from altclip_train.models.teacher import teacher_text_dim
+    from altclip_train.models.teachers import load_teacher
 
-    student = build_student(str(tiny_student), teacher_text_dim(str(tiny_teacher)))
+    student = build_student(str(tiny_student), load_teacher(str(tiny_teacher)).text_dim)
     student.save_pretrained(tmp_path / "phase1")
     AutoTokenizer.from_pretrained(tiny_student).save_pretrained(tmp_path / "phase1")
     add_auto_model_entry(tmp_path / "phase1")
@@ -174,5 +174,5 @@ def test_automodel_loads_phase1_output_and_leaves_transformers_class_untouched(t
     tokens = AutoTokenizer.from_pretrained(tmp_path / "phase1")(["a cat"], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(**tokens).pooler_output, student.eval()(**tokens).pooler_output)
-    build_student(str(tiny_student), teacher_text_dim(str(tiny_teacher))).save_pretrained(tmp_path / "again")
+    build_student(str(tiny_student), load_teacher(str(tiny_teacher)).text_dim).save_pretrained(tmp_path / "again")
     assert (tmp_path / "again" / "model.safetensors").is_file()

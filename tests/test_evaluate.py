@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import clip_preprocessor
 from altclip_train.evaluate.metrics import positive_ranks, recall_at_k, retrieval_recalls, topk_accuracy
 from altclip_train.evaluate.models import embed_texts, feature_tensor, load_eval_model
 from altclip_train.evaluate.metrics import metric_name
@@ -33,7 +33,7 @@ CLASSES = ("bird", "car", "cat")
 CLASS_NAMES = {"en": CLASSES, "fr": ("oiseau", "voiture", "chat")}
 TEMPLATES = {"en": ("a photo of a {}.", "a {} in the picture."), "fr": ("une photo de {}.",)}
 IMAGE_SIZE = 32
-TRANSFORM = ClipImageTransform(resize=IMAGE_SIZE, crop=IMAGE_SIZE)
+TRANSFORM = clip_preprocessor(IMAGE_SIZE)
 
 # ---------------------------------------------------------------------------------------------- hand examples
 

@@ -25,7 +25,7 @@ import altclip_train.data.image_cache as image_cache
 import altclip_train.data.webdataset as webdataset
 from altclip_train.data.image_cache import build_image_cache, main as cache_images_main
 from altclip_train.data.image_text import ImageTextData
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import ImagePreprocessor
 from altclip_train.data.prepare_wds import prepare_wds
 from altclip_train.models.tiny import SAMPLE_CAPTIONS, SAMPLE_SENTENCES, build_tiny_clip
 from altclip_train.tasks.contrastive import ContrastiveTask
@@ -139,7 +139,7 @@ def test_cached_embeddings_give_the_live_frozen_tower_loss(tiny_teacher, shards,
     data.setup(FakeAccelerator())
     batch = next(data.train_batches(0))
     assert batch["image_embeds"].dtype == torch.float16 and batch["image_embeds"].shape == (8, 64)
-    transform = ClipImageTransform.from_pretrained(str(tiny_teacher))
+    transform = ImagePreprocessor.from_pretrained(str(tiny_teacher))
     images = [i for i, _ in pairs(batch, pair_of_tokens)]
     pixel_values = torch.stack([transform(Image.open(pair_dir / f"img{i}.png")) for i in images])
     live = {k: v for k, v in batch.items() if k != "image_embeds"} | {"pixel_values": pixel_values}
@@ -272,7 +272,7 @@ def test_too_few_shards_for_ranks_and_workers_is_an_error_up_front(tiny_teacher,
 
 def test_validation_shares_are_equal_and_cover_each_pair_once(tiny_teacher, shards, pair_dir, pair_of_tokens,
                                                               simulated_collectives):
-    transform = ClipImageTransform.from_pretrained(str(tiny_teacher))
+    transform = ImagePreprocessor.from_pretrained(str(tiny_teacher))
     for cached in (True, False):
         make_data(tiny_teacher, shards, image_cache=cached, val_shards=shards).setup(FakeAccelerator())
         ranks = setup_ranks(tiny_teacher, shards, world=2, image_cache=cached, val_shards=shards, eval_batch_size=6)

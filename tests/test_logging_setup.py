@@ -110,16 +110,18 @@ NOISY_RUN = """
     from transformers import AltCLIPProcessor
     from transformers.utils import logging as hf_logging
 
-    from altclip_train.data.images import ClipImageTransform
-    from altclip_train.models.assemble import build_processor
+    from altclip_train.data.images import ImagePreprocessor
     from altclip_train.models.student import build_student
     from altclip_train.models.tiny import build_tiny_clip, build_tiny_xlmr
 
     teacher = build_tiny_clip(Path("teacher"))
     student = build_tiny_xlmr(Path("student"))
     build_student(str(student), 64)                      # XLM-R with a pooler the encoder leaves out
-    ClipImageTransform.from_pretrained(str(teacher))
-    build_processor("altclip", str(student), str(teacher)).save_pretrained("processor")
+    ImagePreprocessor.from_pretrained(str(teacher))
+    from transformers import AutoTokenizer
+
+    AltCLIPProcessor(image_processor=ImagePreprocessor.from_pretrained(str(teacher)).processor,
+                     tokenizer=AutoTokenizer.from_pretrained(str(student))).save_pretrained("processor")
     AltCLIPProcessor.from_pretrained("processor")
     extract_model_from_parallel(torch.nn.Linear(1, 1))  # accelerate imports deepspeed here
 

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from omegaconf import OmegaConf
 
 from altclip_train.cli import compose_config, main as cli_main
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import clip_preprocessor
 from altclip_train.export import upload_files
 from altclip_train.model_card import build_model_card, per_language, write_model_card
 from altclip_train.models.tiny import build_tiny_clip, train_xlmr_tokenizer
@@ -132,7 +132,7 @@ def trained_run(runs, tmp_path) -> Path:
         vision_config=vision, projection_dim=vision["projection_dim"])
     torch.manual_seed(0)
     AltCLIPModel(config).save_pretrained(final)
-    image_processor = ClipImageTransform(resize=IMAGE_SIZE, crop=IMAGE_SIZE).to_processor()
+    image_processor = clip_preprocessor(IMAGE_SIZE).processor
     AltCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(final)  # as the export
     return phase2
 

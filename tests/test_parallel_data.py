@@ -14,7 +14,7 @@ from altclip_train.data import corpus_store
 from altclip_train.data.batching import BatchPlan, language_weights, rank_slice
 from altclip_train.data.corpora import CorpusSpec, iter_pairs
 from altclip_train.data.parallel import ParallelTextData
-from altclip_train.models.teacher import TeacherTextEncoder
+from altclip_train.models.teachers import load_teacher
 from conftest import FakeAccelerator
 
 FAKE_ACCELERATOR = FakeAccelerator()
@@ -129,7 +129,8 @@ def test_batches_equal_a_direct_computation(tiny_teacher, tiny_student, parallel
     for lang in ("zh", "fr"):
         pairs += [(en, other, lang) for en, other, _ in read(CorpusSpec(lang=lang, path=str(parallel_dir / f"{lang}.tsv")))[0]]
     tokenizer = AutoTokenizer.from_pretrained(tiny_student)
-    teacher = TeacherTextEncoder(str(tiny_teacher))
+    teacher = load_teacher(str(tiny_teacher))
+    encoder = teacher.load_text_encoder()
     seen = 0
     for batch in data.train_batches(0):
         n = len(batch["lang"]) // 2
@@ -141,7 +142,7 @@ def test_batches_equal_a_direct_computation(tiny_teacher, tiny_student, parallel
             candidates = [tokenizer(o, truncation=True, max_length=64)["input_ids"]
                           for en, o, lang in pairs if en == texts[i] and lang == batch["lang"][n + i]]
             assert translated in candidates
-        live = teacher.encode(texts, show_progress=False)
+        live = teacher.encode_texts(texts, encoder=encoder)
         np.testing.assert_allclose(batch["teacher_embeds"][:n].float().numpy(), live, rtol=2e-3, atol=2e-3)
         assert (batch["teacher_embeds"][:n] == batch["teacher_embeds"][n:]).all()
         seen += n
@@ -158,7 +159,7 @@ def test_restart_reuses_the_store_and_never_tokenises_again(tiny_teacher, tiny_s
         raise AssertionError("the corpus was read or tokenised again")
 
     monkeypatch.setattr(corpus_store, "build_store", refuse)
-    monkeypatch.setattr("altclip_train.models.teacher.load_teacher_text_model", refuse)
+    monkeypatch.setattr("altclip_train.models.teachers.clip.ClipTeacher.load_text_encoder", refuse)
     again = make_data(tiny_teacher, tiny_student, corpora, tmp_path)
     again.setup(FAKE_ACCELERATOR)
     assert again.store.dir == first.store.dir
@@ -299,7 +300,7 @@ def corpora(parallel_dir):
 def test_cached_targets_equal_the_live_teacher_within_fp16(tiny_teacher, tiny_student, corpora, tmp_path):
     data = make_data(tiny_teacher, tiny_student, corpora, tmp_path)
     data.setup(FAKE_ACCELERATOR)
-    live = TeacherTextEncoder(str(tiny_teacher)).encode(data.source_texts(), show_progress=False)
+    live = load_teacher(str(tiny_teacher)).encode_texts(data.source_texts())
     cached = np.asarray(data.rows.teacher, dtype=np.float32)
     assert cached.shape == live.shape
     np.testing.assert_allclose(cached, live, rtol=2e-3, atol=2e-3)
@@ -312,7 +313,7 @@ def test_complete_cache_never_loads_the_teacher(tiny_teacher, tiny_student, corp
     def refuse(*args, **kwargs):
         raise AssertionError("the teacher was loaded although the cache is complete")
 
-    monkeypatch.setattr("altclip_train.models.teacher.load_teacher_text_model", refuse)
+    monkeypatch.setattr("altclip_train.models.teachers.clip.ClipTeacher.load_text_encoder", refuse)
     data = make_data(tiny_teacher, tiny_student, corpora, tmp_path)
     data.setup(FAKE_ACCELERATOR)
     assert data.rows.teacher.shape[1] == 64
@@ -338,22 +339,22 @@ def test_a_flipped_chunk_is_reported_and_rebuilt_alone(tiny_teacher, tiny_studen
     blob[9 * row_bytes + 3] ^= 0xFF  # a byte in chunk 1 (rows 8..15)
     path.write_bytes(bytes(blob))
     computed = []
-    real = TeacherTextEncoder.encode_tokens
+    from altclip_train.models.teachers.clip import ClipTextTarget
+
+    real = ClipTextTarget.targets
 
     def spy(self, ids, mask):
         computed.append(len(ids))
         return real(self, ids, mask)
 
-    import altclip_train.models.teacher as teacher_module
-
-    original = teacher_module.TeacherTextEncoder.encode_tokens
-    teacher_module.TeacherTextEncoder.encode_tokens = spy
+    original = ClipTextTarget.targets
+    ClipTextTarget.targets = spy
     try:
         with caplog.at_level(logging.WARNING):
             data = make_data(tiny_teacher, tiny_student, corpora, tmp_path, cache_chunk_rows=8)
             data.setup(FAKE_ACCELERATOR)
     finally:
-        teacher_module.TeacherTextEncoder.encode_tokens = original
+        ClipTextTarget.targets = original
     assert "chunk(s) 1 do not match their checksums" in caplog.text
     assert sum(computed) == 8  # one chunk's rows, nothing else
     assert path.read_bytes() == good
@@ -396,7 +397,7 @@ def test_an_entry_keeps_its_chunking_when_a_later_run_asks_for_another(tiny_teac
     def refuse(*args, **kwargs):
         raise AssertionError("the teacher was loaded: the entry was rebuilt for a new chunk size")
 
-    monkeypatch.setattr("altclip_train.models.teacher.load_teacher_text_model", refuse)
+    monkeypatch.setattr("altclip_train.models.teachers.clip.ClipTeacher.load_text_encoder", refuse)
     data = make_data(tiny_teacher, tiny_student, corpora, tmp_path, cache_chunk_rows=16)
     data.setup(FAKE_ACCELERATOR)
     assert data.teacher_cache_stats["chunks_built"] == 0

@@ -58,7 +58,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_fewer_saved_tensor
 
 
 def test_phase2_checkpoints_the_trained_text_tower_only(tiny_teacher, tiny_student, tmp_path):
-    from altclip_train.models.assemble import assemble_altclip
+    from altclip_train.models.assemble import assemble
 
     phase1 = build_phase1_output(tiny_teacher, tiny_student, tmp_path / "phase1")
     batch = student_batch(phase1)
@@ -66,7 +66,7 @@ def test_phase2_checkpoints_the_trained_text_tower_only(tiny_teacher, tiny_stude
              "image_embeds": torch.randn(8, 64, generator=torch.Generator().manual_seed(2))}
     results = {}
     for on in (False, True):
-        task = ContrastiveTask(assemble_altclip(str(tiny_teacher), str(phase1)), str(phase1), str(tiny_teacher),
+        task = ContrastiveTask(assemble(str(tiny_teacher), str(phase1)), str(phase1), str(tiny_teacher),
                                freeze=[r"vision_model\..*", r"visual_projection\..*"], gradient_checkpointing=on)
         results[on] = gradients_and_saved(task, batch), task
     (plain, plain_saved), _ = results[False]

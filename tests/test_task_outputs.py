@@ -23,10 +23,10 @@ def phase1(tiny_teacher, tiny_student, tmp_path_factory):
 
 
 def contrastive_task(teacher, phase1, loss: str):
-    from altclip_train.models.assemble import assemble_altclip
+    from altclip_train.models.assemble import assemble
     from altclip_train.tasks.contrastive import ContrastiveTask
 
-    return ContrastiveTask(assemble_altclip(str(teacher), str(phase1)), tokenizer=str(phase1),
+    return ContrastiveTask(assemble(str(teacher), str(phase1)), tokenizer=str(phase1),
                            image_processor=str(teacher), image_model=str(teacher), loss=loss,
                            freeze=[r"vision_model\..*", r"visual_projection\..*"])
 
@@ -52,14 +52,14 @@ def test_contrastive_task_reports_one_pair_per_caption(tiny_teacher, phase1):
 
 
 def test_distill_task_reports_pairs_not_rows(tiny_teacher, tiny_student):
-    from altclip_train.models.teacher import teacher_text_dim
+    from altclip_train.models.teachers import load_teacher
     from altclip_train.tasks.distill import DistillTask
 
     task = DistillTask(str(tiny_teacher), str(tiny_student))
     pairs = 5  # English rows then translation rows, as the phase-1 data module lays them out
     batch = {"student_input_ids": torch.randint(5, 50, (2 * pairs, 7)),
              "student_attention_mask": torch.ones(2 * pairs, 7, dtype=torch.long),
-             "teacher_embeds": torch.randn(2 * pairs, teacher_text_dim(str(tiny_teacher)))}
+             "teacher_embeds": torch.randn(2 * pairs, load_teacher(str(tiny_teacher)).text_dim)}
     assert task(batch)["pairs"] == pairs
 
 

@@ -271,7 +271,7 @@ def test_pretraining_the_tiny_clip_lowers_its_loss_and_spreads_its_text_vectors(
     """The tiny teacher recipe: a few contrastive steps on (image, caption) pairs, written back in place."""
     import numpy as np
 
-    from altclip_train.models.teacher import TeacherTextEncoder
+    from altclip_train.models.teachers import load_teacher
 
     model_dir = build_tiny_clip(tmp_path / "clip", SAMPLE_SENTENCES, image_size=16, patch=8)
     pairs = []
@@ -288,5 +288,5 @@ def test_pretraining_the_tiny_clip_lowers_its_loss_and_spreads_its_text_vectors(
     # Still a checkpoint plain transformers loads with every weight found.
     _, info = CLIPModel.from_pretrained(model_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    vectors = torch.from_numpy(TeacherTextEncoder(str(model_dir)).encode(list(SAMPLE_CAPTIONS["en"]), show_progress=False))
+    vectors = torch.from_numpy(load_teacher(str(model_dir)).encode_texts(list(SAMPLE_CAPTIONS["en"])))
     assert torch.cdist(vectors, vectors).fill_diagonal_(float("inf")).min() > 0

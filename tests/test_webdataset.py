@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerFast
 from webdataset import TarWriter
 
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import clip_preprocessor
 from altclip_train.data.prepare_wds import main as prepare_wds_main
 from altclip_train.data.prepare_wds import prepare_wds
 from altclip_train.data.webdataset import (
@@ -30,7 +30,7 @@ from altclip_train.data.webdataset import (
     sample_captions,
 )
 
-TRANSFORM = ClipImageTransform(resize=8, crop=8)
+TRANSFORM = clip_preprocessor(8)
 
 
 def image_bytes(seed: int, fmt: str = "PNG", size=(10, 12)) -> bytes:

@@ -46,7 +46,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from altclip_train.data.cache_entry import CacheEntry, Region, hash_region, ranks_of
 from altclip_train.data.embedding_cache import DATA_FILE, EmbeddingCache, hash_strings
 from altclip_train.data.loading import make_loader
-from altclip_train.data.images import BadImageError, ClipImageTransform, decode_image
+from altclip_train.data.images import BadImageError, ImagePreprocessor, decode_image
+from altclip_train.models.teachers import image_preprocessor
 from altclip_train.data.shards import default_cache_dir, expand_shard_urls, shard_fingerprints
 from altclip_train.data.webdataset import iter_image_text_records, normalize_lang
 
@@ -301,7 +302,7 @@ class IndexedImages(IterableDataset):
     the index is a one-line error, never a silent misalignment of images and captions.
     """
 
-    def __init__(self, index: ShardIndex, rows: range | np.ndarray, transform: ClipImageTransform):
+    def __init__(self, index: ShardIndex, rows: range | np.ndarray, transform: ImagePreprocessor):
         self.index = index
         self.rows = rows if isinstance(rows, range) else np.unique(np.asarray(rows, dtype=np.int64))
         self.transform = transform
@@ -363,39 +364,26 @@ def collate_rows(items: list[tuple[int, torch.Tensor | None]]):
 
 # --------------------------------------------------------------------------------------- the image model
 def image_embedding_dim(image_model: str, trust_remote_code: bool = False) -> int:
-    """Width of the projected image embedding, from the config alone (no weights are read)."""
-    from transformers import AutoConfig
+    """Width of the frozen image embedding, from the config alone (no weights are read)."""
+    from altclip_train.models.teachers import load_teacher
 
-    config = AutoConfig.from_pretrained(image_model, trust_remote_code=trust_remote_code)
-    dim = getattr(config, "projection_dim", None)
-    if dim is None:
-        raise ValueError(f"{image_model}: its config has no projection_dim; point image_model at a CLIP or AltCLIP "
-                         f"checkpoint")
-    return int(dim)
+    return load_teacher(image_model, trust_remote_code=trust_remote_code).image_dim
 
 
 def load_image_encoder(image_model: str, device: str | torch.device = "cpu", trust_remote_code: bool = False):
-    """The two-tower model whose `get_image_features` makes the cached vectors, in eval mode, gradients off."""
-    from transformers import AutoModel
+    """The teacher family's frozen image side: `module(pixel_values) -> embedding`, eval mode, gradients off."""
+    from altclip_train.models.teachers import load_teacher
 
-    model = AutoModel.from_pretrained(image_model, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
-    if not hasattr(model, "get_image_features"):
-        raise ValueError(f"{image_model}: a {type(model).__name__} has no image tower; point image_model at a CLIP "
-                         f"or AltCLIP checkpoint")
-    return model.eval().requires_grad_(False).to(device)
+    return load_teacher(image_model, trust_remote_code=trust_remote_code).load_image_encoder(device)
 
 
-def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Projected image embeddings, exactly as the contrastive task computes them live."""
-    output = model.get_image_features(pixel_values=pixel_values)
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-def describe_image_encoder(image_model: str, transform: ClipImageTransform, dtype: str) -> str:
+def describe_image_encoder(image_model: str, transform: ImagePreprocessor, dtype: str) -> str:
     """The string every image-embedding cache key is derived from."""
-    from altclip_train.models.teacher import model_fingerprint
+    from altclip_train.models.teachers import load_teacher
 
-    return json.dumps({"image_model": model_fingerprint(image_model), "transform": transform.fingerprint(),
+    teacher = load_teacher(image_model)
+    return json.dumps({"image_model": teacher.fingerprint(), "family": teacher.family,
+                       "transform": transform.fingerprint(),
                        "dtype": dtype, "target": EMBEDDING_TARGET}, sort_keys=True)
 
 
@@ -427,7 +415,7 @@ class ImageCache:
         return counts
 
 
-def load_or_build_image_cache(urls: Sequence[str], image_model: str, transform: ClipImageTransform,
+def load_or_build_image_cache(urls: Sequence[str], image_model: str, transform: ImagePreprocessor,
                               cache_dir: str | Path, accelerator=None, batch_size: int = 256, num_workers: int = 4,
                               default_lang: str = "en", dtype: str = "float32", device=None,
                               trust_remote_code: bool = False, verify: str = "stat",
@@ -464,19 +452,20 @@ class ImageEmbedder:
     preprocessed ahead in DataLoader workers, so the forward is what the build waits on.
     """
 
-    def __init__(self, index: ShardIndex, image_model: str, transform: ClipImageTransform, device, batch_size: int,
+    def __init__(self, index: ShardIndex, image_model: str, transform: ImagePreprocessor, device, batch_size: int,
                  num_workers: int, dtype: str = "float32", trust_remote_code: bool = False):
         self.index, self.image_model, self.transform = index, image_model, transform
         self.device = torch.device(device)
         self.batch_size, self.num_workers, self.dtype = batch_size, num_workers, dtype
         self.trust_remote_code = trust_remote_code
         self.model = None
+        self.dim = image_embedding_dim(image_model, trust_remote_code)
         self.rows, self.corrupt, self.forward_s = 0, 0, 0.0
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
         if self.model is None:
             self.model = load_image_encoder(self.image_model, self.device, self.trust_remote_code)
-        out = np.full((stop - start, self.model.config.projection_dim), np.nan, dtype=np.float32)
+        out = np.full((stop - start, self.dim), np.nan, dtype=np.float32)
         autocast_dtype = DTYPES[self.dtype]
         loader = make_loader(IndexedImages(self.index, range(start, stop), self.transform), seed=start,
                              batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_rows,
@@ -492,7 +481,7 @@ class ImageEmbedder:
             began = time.perf_counter()
             with torch.inference_mode(), torch.autocast(self.device.type, dtype=autocast_dtype,
                                                         enabled=autocast_dtype != torch.float32):
-                features = image_features(self.model, pixels.to(self.device, non_blocking=True)).float().cpu().numpy()
+                features = self.model(pixels.to(self.device, non_blocking=True)).float().cpu().numpy()
             self.forward_s += time.perf_counter() - began
             # NaN marks an undecodable image, so a real vector must survive the float16 cache intact.
             if not np.isfinite(features.astype(np.float16)).all():
@@ -519,7 +508,7 @@ def build_image_cache(shards: str | Iterable[str], image_model: str, image_proce
     """Embed every image of `shards` once with the frozen image side of `image_model` (a CLIP or AltCLIP dir
     or hub id); preprocessing comes from `image_processor` (default: the image model's own)."""
     urls = expand_shard_urls(shards)
-    transform = ClipImageTransform.from_pretrained(image_processor or image_model)
+    transform = image_preprocessor(image_processor or image_model)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(urls)
     return load_or_build_image_cache(urls, image_model, transform, root, accelerator=accelerator,
                                      batch_size=batch_size, num_workers=num_workers, default_lang=default_lang,

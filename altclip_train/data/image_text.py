@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset as TorchDataset
 
 from altclip_train.data.batching import BatchPlan, rank_slice
 from altclip_train.data.image_cache import IndexedImages, ShardIndex, load_or_build_image_cache
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.models.teachers import image_preprocessor
 from altclip_train.data.loading import capped_max_length, make_loader, pad_batch, tempered_language_shares
 from altclip_train.data.shards import default_cache_dir, expand_shard_urls, local_path, manifest_sample_count
 from altclip_train.data.webdataset import ImageTextWebDataset, check_shard_count, collate_image_text, normalize_lang
@@ -296,7 +296,7 @@ class ImageTextData:
             raise ValueError(f"tokenizer {self.tokenizer_name} has no pad token; phase-2 batches are padded")
         self.text_max_length = capped_max_length(self.max_length, self.tokenizer, self._text_config(),
                                                  what="phase-2 captions (data.max_length)")
-        self.transform = ClipImageTransform.from_pretrained(self.image_processor)
+        self.transform = image_preprocessor(self.image_processor, self.trust_remote_code)
         if self.image_cache:
             self._setup_cached(accelerator)
         else:

@@ -1,7 +1,9 @@
-"""CLIP image preprocessing without torchvision: decode, resize the short side, centre-crop, normalise.
+"""Image decoding and the one preprocessing seam: `ImagePreprocessor` wraps a library's own image processor.
 
-It follows `transformers.CLIPImageProcessor` (bicubic resize of the shortest edge, centre crop,
-rescale to [0, 1], CLIP mean/std), so pixels match what the exported processor produces.
+Every image path (the phase-2 cache, streaming, eval, the demo, `cache-images`) turns pixels into tensors
+through an `ImagePreprocessor` that the teacher adapter (`models/teachers/`) or a saved model dir provides, so
+training sees bit for bit what the exported model's processor produces. transformers' image processors run
+on their PIL backend (no torchvision); open_clip's `preprocess` comes with its optional extra.
 """
 
 from __future__ import annotations
@@ -9,84 +11,84 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def clip_image_processor_class():
-    """transformers' CLIP image processor class that needs no torchvision: `CLIPImageProcessorPil`.
-
-    In transformers 5 the plain `CLIPImageProcessor` name means the torchvision backend; without
-    torchvision it falls back to the PIL class and warns on every run. The saved config names
-    `CLIPImageProcessor` either way, so exports load with or without torchvision.
-    """
-    import transformers
-
-    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
 
 class BadImageError(ValueError):
     """An image that cannot be decoded; callers count it as a skip."""
 
 
-@dataclass(frozen=True)
-class ClipImageTransform:
-    """Deterministic CLIP preprocessing: PIL image or encoded bytes -> float tensor (3, crop, crop)."""
+class ImagePreprocessor:
+    """A library's image preprocessing: PIL image or encoded bytes -> float tensor (3, H, W).
 
-    resize: int = 224
-    crop: int = 224
-    mean: tuple[float, ...] = field(default=CLIP_MEAN)
-    std: tuple[float, ...] = field(default=CLIP_STD)
+    `processor` is the library's object (a transformers image processor, or open_clip's preprocess) and
+    `apply` maps one PIL image to its pixels exactly as that library does. `description` (JSON-able) is what
+    the image-cache key and the model card record; `save_pretrained` writes the processor next to an exported
+    model where the library has a file format for it. Instances pickle, so DataLoader workers can run them.
+    """
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str) -> "ClipImageTransform":
-        """Read size, crop and mean/std from a CLIP/AltCLIP checkpoint's image processor config."""
-        return cls.from_processor(clip_image_processor_class().from_pretrained(name_or_path))
-
-    @classmethod
-    def from_processor(cls, processor) -> "ClipImageTransform":
-        size = processor.size
-        resize = (size.get("shortest_edge") or size.get("height")) if hasattr(size, "get") else size
-        crop = processor.crop_size
-        crop = crop.get("height") if hasattr(crop, "get") else crop  # dict, or transformers 5's SizeDict
-        return cls(resize=int(resize), crop=int(crop), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
-
-    def to_processor(self):
-        """The CLIP image processor that reproduces this transform, for export next to a model."""
-        return clip_image_processor_class()(
-            size={"shortest_edge": self.resize},
-            crop_size={"height": self.crop, "width": self.crop},
-            image_mean=list(self.mean),
-            image_std=list(self.std),
-            do_convert_rgb=True,
-        )
-
-    def fingerprint(self) -> str:
-        """Stable hash of the settings; part of every image-embedding cache key."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+    def __init__(self, processor: Any, apply: Callable[[Image.Image], torch.Tensor], description: dict,
+                 save: Callable[[str | Path], None] | None = None):
+        self.processor, self.apply, self.description, self._save = processor, apply, description, save
 
     def __call__(self, image: Image.Image | bytes) -> torch.Tensor:
         if isinstance(image, (bytes, bytearray)):
             image = decode_image(image)
-        image = image.convert("RGB")
-        width, height = image.size
-        scale = self.resize / min(width, height)
-        new_size = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
-        if new_size != image.size:
-            image = image.resize(new_size, resample=Image.BICUBIC)
-        left = (image.width - self.crop) // 2
-        top = (image.height - self.crop) // 2
-        image = image.crop((left, top, left + self.crop, top + self.crop))
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+        return self.apply(image)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the tensors it produces."""
+        return tuple(self.description["output_size"])
+
+    def fingerprint(self) -> str:
+        """Stable hash of what the preprocessing does; part of every image-embedding cache key."""
+        return hashlib.sha256(json.dumps(self.description, sort_keys=True).encode()).hexdigest()[:16]
+
+    def save_pretrained(self, output_dir: str | Path) -> None:
+        if self._save is None:
+            raise ValueError(f"{self.description.get('class')} preprocessing has no file format to save")
+        self._save(output_dir)
+
+    @classmethod
+    def from_transformers(cls, processor) -> "ImagePreprocessor":
+        """Wrap a transformers image processor (its PIL backend needs no torchvision)."""
+        settings = processor.to_dict()
+        settings.pop("processor_class", None)
+        apply = TransformersImages(processor)
+        description = {"library": "transformers", "class": type(processor).__name__.removesuffix("Pil"),
+                       "settings": json.loads(json.dumps(settings, sort_keys=True, default=str))}
+        description["output_size"] = list(apply(Image.new("RGB", (97, 61))).shape[1:])
+        return cls(processor, apply, description, save=processor.save_pretrained)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> "ImagePreprocessor":
+        """The image processor saved with a transformers checkpoint (`preprocessor_config.json`)."""
+        from transformers import AutoImageProcessor
+
+        return cls.from_transformers(AutoImageProcessor.from_pretrained(str(name_or_path), backend="pil"))
+
+
+class TransformersImages:
+    """One image through a transformers image processor (a class, not a closure, so it pickles)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def clip_preprocessor(size: int) -> ImagePreprocessor:
+    """transformers' CLIP preprocessing at `size` (shortest edge and centre crop), for tiny models and tests."""
+    from transformers import CLIPImageProcessorPil
+
+    return ImagePreprocessor.from_transformers(CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_convert_rgb=True))
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:

@@ -20,6 +20,7 @@ nothing. Everything sized by the corpus is a memory map; DataLoader workers slic
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -35,6 +36,7 @@ from altclip_train.data.corpora import CorpusSpec
 from altclip_train.data.corpus_store import CorpusStore, Tokenization, open_or_build
 from altclip_train.data.embedding_cache import EmbeddingCache
 from altclip_train.data.loading import capped_max_length, make_loader, pad_flat, resolve_pad_multiple
+from altclip_train.models.teachers import load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ class ParallelTextData:
 
     def __init__(self, corpora: list[dict], languages: list[str], batch_size: int, student: str,
                  teacher: str, student_tokenizer: str | None = None, student_max_length: int = 77,
-                 teacher_max_length: int = 77, teacher_cache: bool = True, cache_dir: str = "~/.cache/altclip_train",
+                 teacher_max_length: int | None = None, distill_target: str | None = None, teacher_cache: bool = True, cache_dir: str = "~/.cache/altclip_train",
                  val_size: int = 500, eval_batch_size: int = 256, num_workers: int = 0, bucket_by_length: bool = True,
                  seed: int = 0, source_lang: str = "en", teacher_batch_size: int = 256,
                  trust_remote_code: bool = False, pad_to_max_length: bool = False,
@@ -145,7 +147,8 @@ class ParallelTextData:
         self.batch_size = batch_size
         self.student = student
         self.student_tokenizer = student_tokenizer or student
-        self.teacher = teacher
+        self.teacher_name = teacher
+        self.distill_target = distill_target
         self.student_max_length = student_max_length
         self.teacher_max_length = teacher_max_length
         self.use_teacher_cache = teacher_cache
@@ -179,12 +182,16 @@ class ParallelTextData:
             raise ValueError(f"data.batch_size={self.batch_size} does not split evenly over {self.world_size} "
                              f"processes x {self.grad_accum} accumulation steps")
         remote = {"trust_remote_code": self.trust_remote_code}
+        self.teacher = load_teacher(self.teacher_name, self.distill_target, self.trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(self.student_tokenizer, **remote)
-        teacher_tokenizer = AutoTokenizer.from_pretrained(self.teacher, **remote)
+        teacher_tokenizer = self.teacher.text_tokenizer()
         student_max = capped_max_length(self.student_max_length, tokenizer, AutoConfig.from_pretrained(self.student, **remote),
                                         "data.student_max_length")
-        teacher_max = capped_max_length(self.teacher_max_length, teacher_tokenizer,
-                                        AutoConfig.from_pretrained(self.teacher, **remote), "data.teacher_max_length")
+        # The family's own context length unless asked for less: SigLIP's target depends on its fixed width.
+        teacher_max = self.teacher.text_max_length
+        if self.teacher_max_length is not None:
+            teacher_max = capped_max_length(self.teacher_max_length, teacher_tokenizer, None, "data.teacher_max_length")
+            teacher_max = min(teacher_max, self.teacher.text_max_length)
         started = time.perf_counter()
         self.store = open_or_build(self.specs, self.languages, Tokenization(tokenizer, student_max),
                                    Tokenization(teacher_tokenizer, teacher_max), self.cache_dir,
@@ -192,12 +199,13 @@ class ParallelTextData:
         self.timings["corpus_s"] = time.perf_counter() - started
         self.skipped.update(self.store.skipped)
 
+        self.teacher_pad_id = teacher_tokenizer.pad_token_id or 0
         started = time.perf_counter()
         teacher_embeds = self._teacher_targets(accelerator, teacher_max) if self.use_teacher_cache else None
         self.timings["teacher_cache_s"] = time.perf_counter() - started
         self.rows = PairRows(
             self.store, self.source_lang, tokenizer.pad_token_id, teacher_embeds,
-            teacher_pad_id=teacher_tokenizer.pad_token_id or 0,
+            teacher_pad_id=self.teacher_pad_id,
             pad_multiple=resolve_pad_multiple(self.pad_to_multiple_of, accelerator.device),
             student_width=student_max if self.pad_to_max_length else None,
             teacher_width=teacher_max if self.pad_to_max_length else None)
@@ -232,21 +240,18 @@ class ParallelTextData:
                  sum(len(g) for g in train_groups), len(self.specs), len(self.val_plan), self.store.num_sources)
 
     def _teacher_targets(self, accelerator, teacher_max: int) -> np.ndarray:
-        from altclip_train.models.teacher import TeacherTextEncoder, describe_teacher, teacher_text_dim
-
         store, encoder, stats = self.store, [], {"forward_s": 0.0, "rows": 0}
-        cache = EmbeddingCache(self.cache_dir, "teacher_text", describe_teacher(self.teacher, teacher_max),
-                               store.key, store.num_sources, teacher_text_dim(self.teacher, self.trust_remote_code),
-                               chunk_rows=self.cache_chunk_rows)
+        identity = json.dumps({**self.teacher.identity(), "max_length": teacher_max}, sort_keys=True)
+        cache = EmbeddingCache(self.cache_dir, "teacher_text", identity, store.key, store.num_sources,
+                               self.teacher.text_dim, chunk_rows=self.cache_chunk_rows)
         lengths = store.source_length("teacher")
         pad_id = None
 
         def compute(start: int, stop: int) -> np.ndarray:
             nonlocal pad_id
             if not encoder:  # loaded on the first missing chunk only: a complete cache never loads the teacher
-                encoder.append(TeacherTextEncoder(self.teacher, teacher_max, accelerator.device,
-                                                  trust_remote_code=self.trust_remote_code))
-                pad_id = encoder[0].tokenizer.pad_token_id or 0
+                encoder.append(self.teacher.load_text_encoder(accelerator.device))
+                pad_id = self.teacher_pad_id
             rows = np.arange(start, stop)
             # Sorting by length inside the chunk keeps padding small; the chunk's batches are fixed, so a
             # resumed build computes exactly the vectors an uninterrupted one does.
@@ -256,7 +261,7 @@ class ParallelTextData:
             padded = (pad_flat(*store.teacher_source.gather(b), pad_id) for b in batches)
             for batch_rows, (ids, mask) in zip(batches, prefetched(padded)):
                 began = time.perf_counter()
-                vectors = encoder[0].encode_tokens(ids, mask).cpu().numpy()
+                vectors = encoder[0](ids.to(accelerator.device), mask.to(accelerator.device)).cpu().numpy()
                 stats["forward_s"] += time.perf_counter() - began
                 out[batch_rows - start] = vectors
             stats["rows"] += stop - start

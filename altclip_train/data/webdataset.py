@@ -43,7 +43,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from altclip_train.data.images import BadImageError, ClipImageTransform, decode_image
+from altclip_train.data.images import BadImageError, ImagePreprocessor, decode_image
 from altclip_train.data.shards import expand_shard_urls, is_remote, local_path
 
 logger = logging.getLogger(__name__)
@@ -382,7 +382,7 @@ class ImageTextWebDataset(IterableDataset):
     def __init__(
         self,
         urls: str | Iterable[str],
-        transform: ClipImageTransform,
+        transform: ImagePreprocessor,
         *,
         default_lang: str = "en",
         languages: Iterable[str] | None = None,

@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
     banner("step 1: distil the teacher's text tower into a multilingual XLM-R student (no images)")
     run_command(["distill", "experiment=demo_distill", *common, *quick.get("distill", [])], env)
-    from altclip_train.models.assemble import save_assembled_altclip
+    from altclip_train.models.assemble import save_assembled
 
-    save_assembled_altclip(str(out / "step0-teacher" / "final"), str(out / "step1-distill" / "final"),
+    save_assembled(str(out / "step0-teacher" / "final"), str(out / "step1-distill" / "final"),
                            out / "step1-altclip")
 
     banner("step 2: contrastive tuning on multilingual captions, image tower frozen (cached once)")

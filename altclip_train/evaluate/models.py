@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import ImagePreprocessor
 
 # Below this many batches a progress bar is noise.
 PROGRESS_MIN_BATCHES = 8
@@ -33,7 +33,7 @@ class EvalModel:
     model_type: str
     model: nn.Module
     tokenizer: object
-    transform: ClipImageTransform
+    transform: ImagePreprocessor
     max_length: int
 
 
@@ -63,7 +63,7 @@ def load_eval_model(path: str, name: str | None = None, device: str | torch.devi
         model_type=config.model_type,
         model=model,
         tokenizer=tokenizer,
-        transform=ClipImageTransform.from_pretrained(path),
+        transform=ImagePreprocessor.from_pretrained(path),
         max_length=text_max_length(model, tokenizer),
     )
 

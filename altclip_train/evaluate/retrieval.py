@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import ImagePreprocessor
 from altclip_train.evaluate.metrics import RECALL_KS, flatten_task, retrieval_recalls
 from altclip_train.evaluate.models import embed_pixels, embed_texts, resolve_tokenizer
 from altclip_train.evaluate.sources import ImageItem, PairTable, PreprocessedImages, open_pairs, stream_pixels
@@ -53,7 +53,7 @@ class RetrievalEvaluator:
         self,
         pairs,
         languages: Sequence[str] | None,
-        transform: ClipImageTransform,
+        transform: ImagePreprocessor,
         tokenizer,
         batch_size: int = 256,
         max_length: int | None = None,

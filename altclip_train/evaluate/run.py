@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import ImagePreprocessor
 from altclip_train.evaluate.benchmarks import BenchmarkEvaluator, open_benchmark, write_clip_benchmark_results
 from altclip_train.evaluate.models import load_eval_model, resolve_device
 from altclip_train.evaluate.report import flatten, write_report
@@ -38,7 +38,7 @@ def _enabled(section, key: str) -> bool:
     return section is not None and section.get(key) is not None
 
 
-def _build_evaluators(cfg: DictConfig, transform: ClipImageTransform) -> dict:
+def _build_evaluators(cfg: DictConfig, transform: ImagePreprocessor) -> dict:
     common = dict(
         transform=transform,
         tokenizer=None,  # each model brings its own, passed per call
@@ -90,7 +90,7 @@ def open_benchmarks(cfg: DictConfig) -> dict:
     return opened
 
 
-def _benchmark_evaluators(cfg: DictConfig, benchmarks: dict, transform: ClipImageTransform) -> dict:
+def _benchmark_evaluators(cfg: DictConfig, benchmarks: dict, transform: ImagePreprocessor) -> dict:
     return {
         name: BenchmarkEvaluator(benchmark, transform, batch_size=cfg.get("batch_size", 256),
                                  num_workers=cfg.get("num_workers", 0), cache_images=cfg.get("cache_images", False),
@@ -125,7 +125,7 @@ def run_eval(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.get("device", "auto"))
 
     # Reading each transform first lets every data file be validated before any weights load.
-    transforms = {name: ClipImageTransform.from_pretrained(path) for name, path in models.items()}
+    transforms = {name: ImagePreprocessor.from_pretrained(path) for name, path in models.items()}
     benchmarks = open_benchmarks(cfg)
     evaluators_by_transform = {t: _build_evaluators(cfg, t) | _benchmark_evaluators(cfg, benchmarks, t)
                                for t in dict.fromkeys(transforms.values())}

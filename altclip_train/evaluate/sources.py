@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
-from altclip_train.data.images import BadImageError, ClipImageTransform, decode_image, load_image_file
+from altclip_train.data.images import BadImageError, ImagePreprocessor, decode_image, load_image_file
 from altclip_train.data.webdataset import IMAGE_EXTENSIONS as SHARD_IMAGE_EXTENSIONS
 from altclip_train.data.shards import expand_shard_urls
 from altclip_train.data.webdataset import iter_image_text_records, normalize_lang
@@ -283,7 +283,7 @@ def open_pairs(spec, image_root: str | Path | None = None, default_lang: str = "
 class _PreprocessStream(IterableDataset):
     """Items -> (pixels | None, item); DataLoader workers each take every num_workers-th item."""
 
-    def __init__(self, source, transform: ClipImageTransform):
+    def __init__(self, source, transform: ImagePreprocessor):
         self.source = source
         self.transform = transform
 
@@ -329,7 +329,7 @@ class PreprocessedImages:
     def __init__(
         self,
         source,
-        transform: ClipImageTransform,
+        transform: ImagePreprocessor,
         batch_size: int = 256,
         num_workers: int = 0,
         cache: bool = True,

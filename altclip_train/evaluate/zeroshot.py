@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import ImagePreprocessor
 from altclip_train.evaluate.metrics import flatten_task, topk_accuracy
 from altclip_train.evaluate.models import embed_pixels, embed_texts, resolve_tokenizer
 from altclip_train.evaluate.sources import ImageItem, PreprocessedImages, open_labelled_images, stream_pixels
@@ -113,7 +113,7 @@ class ZeroShotEvaluator:
         classnames_dir: str | Path,
         templates_dir: str | Path | None,
         languages: Sequence[str] | None,
-        transform: ClipImageTransform,
+        transform: ImagePreprocessor,
         tokenizer,
         batch_size: int = 256,
         max_length: int | None = None,

@@ -1,1 +1,1 @@
-"""Model building: teacher CLIP towers, the AltCLIP text student, assembly and export to transformers AltCLIP."""
+"""Model building: teacher adapters (one per family, `teachers/`), the AltCLIP text student, phase-2 assembly."""

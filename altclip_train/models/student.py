@@ -11,7 +11,7 @@ import re
 
 from transformers import AltCLIPTextConfig, AltCLIPTextModel
 
-from altclip_train.models.teacher import load_model_config
+from altclip_train.models.teachers.base import load_model_config
 
 log = logging.getLogger(__name__)
 

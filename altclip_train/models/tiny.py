@@ -33,7 +33,7 @@ from transformers import (
     XLMRobertaTokenizerFast,
 )
 
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import clip_preprocessor
 
 CLIP_BOS = "<|startoftext|>"
 CLIP_EOS = "<|endoftext|>"
@@ -415,7 +415,7 @@ def build_tiny_clip(out_dir: str | Path, tokenizer_texts: Iterable[str] = SAMPLE
     save_model_dir(_seeded_init(CLIPModel, config, seed), out_dir)
 
     image_size = config.vision_config.image_size
-    image_processor = ClipImageTransform(resize=image_size, crop=image_size).to_processor()
+    image_processor = clip_preprocessor(image_size).processor
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(out_dir))
     return out_dir
 
@@ -464,13 +464,13 @@ def pretrain_tiny_clip(model_dir: str | Path, pairs: Sequence[tuple[str | Path, 
     phase 2 starts from aligned towers. Self-contained (no Accelerate, no collectives), so it runs the
     same on any rank. Returns the mean loss of the first and the last tenth of the steps.
     """
-    from altclip_train.data.images import ClipImageTransform, load_image_file
+    from altclip_train.data.images import clip_preprocessor, load_image_file
 
     model_dir = Path(model_dir)
     model = CLIPModel.from_pretrained(str(model_dir))
     tokenizer = CLIPTokenizerFast.from_pretrained(str(model_dir))
     size = model.config.vision_config.image_size
-    transform = ClipImageTransform(resize=size, crop=size)
+    transform = clip_preprocessor(size)
     image_index: dict[str, int] = {}
     captions: list[list[str]] = []
     for image, caption in pairs:

@@ -1,4 +1,11 @@
-"""Phase 1: distil a CLIP teacher's text tower into an AltCLIPTextModel student with MSE.
+"""Phase 1: distil a teacher's text tower (any family in `models/teachers/`) into an AltCLIPTextModel with MSE.
+
+| batch key                 | shape          | what                                                   |
+|---------------------------|----------------|--------------------------------------------------------|
+| `student_input_ids`, `student_attention_mask` | long [2n, L] | English rows, then their translations   |
+| `teacher_embeds`          | float [2n, D]  | cached targets (teacher cache on)                      |
+| `teacher_input_ids`, `teacher_attention_mask` | long [n, T] | English for the live teacher (cache off) |
+| `source_index`, `lang`    | [2n]           | validation only: the English row and each row's language |
 
 Each batch row is one student sentence (the English side or its translation) with the teacher's
 target for the English side: the English-English rows keep the student's English close to CLIP's,
@@ -18,7 +25,7 @@ import torch.nn.functional as F
 
 from altclip_train.losses import distill_mse_loss
 from altclip_train.models.student import build_student
-from altclip_train.models.teacher import load_teacher_text_model, teacher_text_dim
+from altclip_train.models.teachers import load_teacher
 from altclip_train.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -27,17 +34,20 @@ log = logging.getLogger(__name__)
 class DistillTask(Task):
     def __init__(self, teacher: str, student: str, student_tokenizer: str | None = None,
                  freeze: Iterable[str] = (), teacher_cache: bool = True, trust_remote_code: bool = False,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, distill_target: str | None = None):
         super().__init__()
         self.teacher_name = teacher
+        self.teacher = load_teacher(teacher, distill_target, trust_remote_code)
         self.student_tokenizer = student_tokenizer or student
-        self.model = build_student(student, teacher_text_dim(teacher, trust_remote_code), trust_remote_code)
+        self.model = build_student(student, self.teacher.text_dim, trust_remote_code)
+        # Phase 2 reads from here which space the student speaks (and which teacher it was taught by).
+        record_distillation(self.model.config, self.teacher.describe())
         self.freeze(freeze)
         if gradient_checkpointing:
             self.checkpoint_activations([self.model])
         # The live teacher is deliberately not a registered submodule: it is never trained, so it
         # stays out of checkpoints, the optimizer and DDP's gradient buckets.
-        self._live_teacher = None if teacher_cache else [load_teacher_text_model(teacher, None, trust_remote_code)]
+        self._live_teacher = None if teacher_cache else [self.teacher.load_text_encoder()]
 
     def compiled_modules(self) -> list[torch.nn.Module]:
         return [self.model, *(self._live_teacher or [])]
@@ -51,9 +61,7 @@ class DistillTask(Task):
         device = batch["teacher_input_ids"].device
         if next(teacher.parameters()).device != device:
             teacher.to(device)
-        with torch.no_grad():
-            pooled = teacher(input_ids=batch["teacher_input_ids"],
-                             attention_mask=batch["teacher_attention_mask"]).pooler_output.float()
+        pooled = teacher(batch["teacher_input_ids"], batch["teacher_attention_mask"])
         # Both student rows of a pair (English, translation) share the English target.
         repeats = batch["student_input_ids"].shape[0] // pooled.shape[0]
         return pooled.repeat(repeats, 1)
@@ -116,6 +124,12 @@ class DistillTask(Task):
 
         add_auto_model_entry(output_dir)  # transformers' AutoModel has no entry for AltCLIPTextModel
         return output_dir
+
+
+def record_distillation(config, teacher: dict) -> None:
+    """Note in the student's config.json which teacher and target it was distilled to (read by phase 2)."""
+    config.altclip_train = {"teacher_family": teacher["family"], "teacher": teacher["source"],
+                            "distill_target": teacher["distill_target"]}
 
 
 def translation_accuracy(student: torch.Tensor, teacher: torch.Tensor, sources: torch.Tensor) -> float:

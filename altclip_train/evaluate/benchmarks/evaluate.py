@@ -17,7 +17,7 @@ from collections import Counter
 import torch
 from torch import nn
 
-from altclip_train.data.images import ClipImageTransform
+from altclip_train.data.images import ImagePreprocessor
 from altclip_train.evaluate.benchmarks.base import ClassificationBenchmark, RetrievalBenchmark
 from altclip_train.evaluate.metrics import RECALL_KS, mean_per_class_recall, retrieval_recalls, topk_accuracy
 from altclip_train.evaluate.models import embed_pixels, embed_texts
@@ -48,7 +48,7 @@ class BenchmarkEvaluator:
     def __init__(
         self,
         benchmark: RetrievalBenchmark | ClassificationBenchmark,
-        transform: ClipImageTransform,
+        transform: ImagePreprocessor,
         batch_size: int = 256,
         num_workers: int = 0,
         cache_images: bool = False,
