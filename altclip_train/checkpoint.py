@@ -89,6 +89,12 @@ def save_checkpoint(accelerator, run_dir: str | Path, state: TrainState, keep_la
 def load_checkpoint(accelerator, path: Path) -> TrainState:
     accelerator.load_state(str(path))
     state = TrainState(**json.loads((path / STATE_FILE).read_text()))
+    # `accumulate()` steps the optimizer when `accelerator.step` (micro-batches so far) is a multiple of
+    # the accumulation steps, and `load_state` brings that count back as the saving run left it: step x
+    # *its* accumulation, and only on ranks that find their own RNG file. Resumed with more accumulation
+    # (fewer ranks, same global batch) at an odd step, that put every boundary half a global batch early,
+    # so count again from the optimizer steps in the layout this run has: a whole global batch per step.
+    accelerator.step = state.step * accelerator.gradient_accumulation_steps
     log.info("resumed from %s (step %d, epoch %d, batch %d)", path, state.step, state.epoch, state.batch_in_epoch)
     return state
 

@@ -242,6 +242,7 @@ def train(cfg: DictConfig) -> Path:
     for group in optimizer.param_groups:
         group["lr"] = cfg.optim.lr * lr_factor(state.step, total_steps, cfg.optim)
     running_loss, running_steps, window_start, pairs_in_window = None, 0, time.perf_counter(), 0
+    micro_batches = 0  # since the last optimizer step
     while state.step < total_steps:
         for batch in data.train_batches(state.epoch, state.batch_in_epoch):
             # ---- single training step (one micro-batch; the optimizer steps once per global batch)
@@ -252,8 +253,16 @@ def train(cfg: DictConfig) -> Path:
             running_loss = detached if running_loss is None else {k: running_loss[k] + v for k, v in detached.items()}
             running_steps += 1
             pairs_in_window += int(outputs.get("pairs", 0))  # each task counts its own (phase 1: 2 rows a pair)
+            micro_batches += 1
             if not accelerator.sync_gradients:
                 continue
+            if micro_batches != accelerator.gradient_accumulation_steps:
+                # The data module hands out whole global batches, so a step over any other count mixes
+                # two of them; every later step would too, and nothing else would show it.
+                raise RuntimeError(f"optimizer step {state.step + 1} took {micro_batches} micro-batches, not "
+                                   f"trainer.grad_accum_steps={accelerator.gradient_accumulation_steps}: the "
+                                   "accumulation boundary is out of step with the data's global batches")
+            micro_batches = 0
             state.step += 1
             state.batch_in_epoch += 1
             for group in optimizer.param_groups:

@@ -126,7 +126,7 @@ def test_phase1_dir_that_is_not_a_phase1_output(tiny_teacher, tmp_path):
 
 def test_teacher_whose_text_width_differs_from_the_students_project_dim(phase1_dir, tmp_path):
     other = build_tiny_clip(tmp_path / "wide", SAMPLE_SENTENCES, hidden=32, heads=2)
-    with pytest.raises(ValueError, match="text width 32 but student .* has project_dim 64"):
+    with pytest.raises(ValueError, match="text width of 32 but student .* has project_dim 64"):
         assemble(str(other), str(phase1_dir))
 
 

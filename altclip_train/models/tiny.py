@@ -512,3 +512,59 @@ def pretrain_tiny_clip(model_dir: str | Path, pairs: Sequence[tuple[str | Path, 
     save_model_dir(model.eval(), model_dir)
     tenth = max(1, steps // 10)
     return sum(losses[:tenth]) / tenth, sum(losses[-tenth:]) / tenth
+
+
+def train_siglip_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 600,
+                           model_max_length: int = 64):
+    """Train a SentencePiece model on `texts` and save it as SigLIP's tokenizer (`SiglipTokenizer`, `spiece.model`):
+    lower-cased, punctuation kept out by the tokenizer's own canonicalisation, `</s>` as end and pad token."""
+    import sentencepiece
+    from transformers import SiglipTokenizer
+
+    texts = [text.lower() for text in _clean_texts(texts)]
+    model_bytes = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model_bytes, model_type="unigram", vocab_size=vocab_size,
+        hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        num_threads=1, minloglevel=2)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "spiece.model").write_bytes(model_bytes.getvalue())
+    tokenizer = SiglipTokenizer(vocab_file=str(out_dir / "spiece.model"), model_max_length=model_max_length)
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer
+
+
+def build_tiny_siglip(out_dir: str | Path, tokenizer_texts: Iterable[str] = SAMPLE_SENTENCES, seed: int = 0,
+                      naflex: bool = False, hidden: int = 64, projection_size: int = 48, vision_hidden: int = 48,
+                      image_size: int = 32, patch: int = 8, max_position: int = 64) -> Path:
+    """Write a random-init tiny SigLIP checkpoint (`SiglipModel`, or `Siglip2Model` with `naflex`) with its
+    tokenizer and image processor. The text `head` maps `hidden` to a different `projection_size`, so a
+    target read before the head cannot pass for one read after it; scale and bias start where SigLIP's do."""
+    import math
+
+    from transformers import Siglip2Config, Siglip2Model, SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    out_dir = Path(out_dir)
+    tokenizer = train_siglip_tokenizer(tokenizer_texts, out_dir, model_max_length=max_position)
+    text_config = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_position,
+                       projection_size=projection_size, pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    vision_config = dict(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=2,
+                         num_attention_heads=4, patch_size=patch)
+    if naflex:
+        config = Siglip2Config(text_config=text_config, vision_config={**vision_config,
+                                                                       "num_patches": (image_size // patch) ** 2})
+        model_class = Siglip2Model
+    else:
+        config = SiglipConfig(text_config=text_config, vision_config={**vision_config, "image_size": image_size})
+        model_class = SiglipModel
+    model = _seeded_init(model_class, config, seed)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    save_model_dir(model, out_dir)
+    if not naflex:
+        SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(str(out_dir))
+    return out_dir

@@ -41,10 +41,8 @@ class ContrastiveTask(Task):
         # logit_scale trains as shape [1] and is turned back into a scalar on export.
         self.model.logit_scale = nn.Parameter(self.model.logit_scale.detach().reshape(1).clone())
         self.teacher = load_teacher(image_model) if image_model else None
-        if loss is None:
-            if self.teacher is None:
-                raise ValueError("model.loss=null takes the teacher's own loss, but model.image_model names no teacher")
-            loss, teacher_options = self.teacher.contrastive_loss
+        if loss is None:  # the teacher's own loss; InfoNCE for a two-tower model trained from scratch
+            loss, teacher_options = self.teacher.contrastive_loss if self.teacher is not None else ("clip", {})
             loss_options = {**teacher_options, **(loss_options or {})}
         self.loss = build_contrastive_loss(loss, **(loss_options or {}))
         own_bias = getattr(self.model, "logit_bias", None)

@@ -82,6 +82,11 @@ def load_weights_strictly(model_class, source: str, unexpected_ok: Callable[[str
     hf_logging.set_verbosity_error()  # the report is checked below instead of printed
     try:
         model, info = model_class.from_pretrained(source, output_loading_info=True, **kwargs)
+    except RuntimeError as error:
+        if "mismatched" not in str(error) and "size mismatch" not in str(error):
+            raise
+        raise UnsupportedTeacherError(f"{source}: {model_class.__name__} does not fit this checkpoint's weights: "
+                                      f"tensor shapes differ from what its config describes") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = list(info.get("missing_keys") or [])

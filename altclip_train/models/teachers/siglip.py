@@ -9,8 +9,8 @@
 | phase-2 model            | `AltCLIPSiglipModel` (`models/altclip_siglip.py`), exported with its code file   |
 | loss                     | sigmoid, starting from the teacher's own `logit_scale` and `logit_bias`          |
 
-Token ids arrive padded per batch; `SiglipTextTarget` widens them to the authors' fixed width with the pad id,
-and passes an attention mask only when the checkpoint's tokenizer returns one, so a target equals
+Token ids arrive padded per batch; `SiglipTextTarget` lays them out at the authors' fixed width, on the pad side
+the tokenizer uses, and passes an attention mask only when the tokenizer returns one, so a target equals
 `model.get_text_features(**tokenizer(texts, padding="max_length", truncation=True))` exactly.
 """
 
@@ -30,18 +30,26 @@ _OTHER_TOWERS = ("vision_model.", "logit_scale", "logit_bias", "text_model.")
 
 
 class SiglipTextTarget(TextTargetEncoder):
-    def __init__(self, text_model, width: int, pad_id: int, pass_mask: bool, projected: bool):
+    def __init__(self, text_model, width: int, pad_id: int, pass_mask: bool, projected: bool, pad_left: bool):
         super().__init__()
         self.text_model, self.width, self.pad_id = text_model, width, pad_id
-        self.pass_mask, self.projected = pass_mask, projected
+        self.pass_mask, self.projected, self.pad_left = pass_mask, projected, pad_left
 
-    def targets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def fixed_width(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded rows of any width -> the tokenizer's own `padding="max_length"` layout (its pad side)."""
         if input_ids.shape[1] > self.width:
             raise ValueError(f"teacher text of {input_ids.shape[1]} tokens is longer than SigLIP's {self.width}")
-        extra = self.width - input_ids.shape[1]
-        input_ids = nn.functional.pad(input_ids, (0, extra), value=self.pad_id)
-        attention_mask = nn.functional.pad(attention_mask, (0, extra), value=0) if self.pass_mask else None
-        output = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        input_ids = nn.functional.pad(input_ids, (0, self.width - input_ids.shape[1]), value=self.pad_id)
+        lengths = attention_mask.sum(dim=1, keepdim=True)
+        columns = torch.arange(self.width, device=input_ids.device).unsqueeze(0)
+        source = columns - (self.width - lengths) if self.pad_left else columns.expand_as(input_ids)
+        real = (source >= 0) & (source < lengths)
+        ids = torch.where(real, input_ids.gather(1, source.clamp(min=0)), torch.full_like(input_ids, self.pad_id))
+        return ids, real.long()
+
+    def targets(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        input_ids, attention_mask = self.fixed_width(input_ids, attention_mask)
+        output = self.text_model(input_ids=input_ids, attention_mask=attention_mask if self.pass_mask else None)
         return output.pooler_output if self.projected else output.last_hidden_state[:, -1, :]
 
 
@@ -109,7 +117,8 @@ class SiglipTeacher(Teacher):
                                       trust_remote_code=self.trust_remote_code)
         return SiglipTextTarget(model, self.text_max_length, tokenizer.pad_token_id,
                                 pass_mask="attention_mask" in tokenizer.model_input_names,
-                                projected=self.distill_target == "embedding").to(device).eval()
+                                projected=self.distill_target == "embedding",
+                                pad_left=tokenizer.padding_side == "left").to(device).eval()
 
     # ------------------------------------------------------------ image side
     def _fixed_resolution(self) -> None:
@@ -163,7 +172,7 @@ class SiglipTeacher(Teacher):
                                      projection_dim=head.out_features)
         model = AltCLIPSiglipModel(config)
         model.text_model.load_state_dict(text_model.state_dict())
-        model.vision_model.vision_model.load_state_dict(teacher.vision_model.state_dict())
+        model.vision_model.load_state_dict(teacher.vision_model.state_dict())
         with torch.no_grad():
             if self.distill_target == "pre_projection":
                 model.text_projection.load_state_dict(head.state_dict())
@@ -183,7 +192,8 @@ class SiglipTeacher(Teacher):
         config_path = output_dir / "config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["auto_map"] = {"AutoConfig": "modeling_altclip_siglip.AltCLIPSiglipConfig",
-                              "AutoModel": "modeling_altclip_siglip.AltCLIPSiglipModel"}
+                              "AutoModel": "modeling_altclip_siglip.AltCLIPSiglipModel",
+                              "AutoModelForZeroShotImageClassification": "modeling_altclip_siglip.AltCLIPSiglipModel"}
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tokenizer.save_pretrained(output_dir)
         self.image_processor().save_pretrained(output_dir)
