@@ -45,22 +45,33 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
 
 
 def load_eval_model(path: str, name: str | None = None, device: str | torch.device = "cpu") -> EvalModel:
-    """Load an AltCLIP or CLIP checkpoint, picking the class from `config.json`'s model_type."""
+    """Load an AltCLIP, AltCLIP-SigLIP or CLIP checkpoint, picking the class from `config.json`'s model_type.
+
+    An AltCLIP-SigLIP export ships its class as remote code; the class is this package's own, so it is loaded
+    from here rather than by running the file in the model dir.
+    """
+    import json
+    from pathlib import Path
+
     from transformers import AltCLIPModel, AutoConfig, AutoTokenizer, CLIPModel
 
-    model_classes = {"altclip": AltCLIPModel, "clip": CLIPModel}
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type not in model_classes:
+    from altclip_train.models.altclip_siglip import AltCLIPSiglipModel
+
+    model_classes = {"altclip": AltCLIPModel, "altclip_siglip": AltCLIPSiglipModel, "clip": CLIPModel}
+    config_file = Path(path) / "config.json"
+    model_type = (json.loads(config_file.read_text(encoding="utf-8")).get("model_type") if config_file.is_file()
+                  else AutoConfig.from_pretrained(path).model_type)
+    if model_type not in model_classes:
         raise ValueError(
-            f"{path}: model_type {config.model_type!r} cannot be evaluated; expected one of {sorted(model_classes)}"
+            f"{path}: model_type {model_type!r} cannot be evaluated; expected one of {sorted(model_classes)}"
         )
-    model = model_classes[config.model_type].from_pretrained(path)
+    model = model_classes[model_type].from_pretrained(path)
     model.to(resolve_device(device)).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return EvalModel(
         name=name or str(path),
         path=str(path),
-        model_type=config.model_type,
+        model_type=model_type,
         model=model,
         tokenizer=tokenizer,
         transform=ImagePreprocessor.from_pretrained(path),
