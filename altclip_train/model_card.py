@@ -130,18 +130,55 @@ def _corpora(cfg: DictConfig) -> list[str]:
     return entries
 
 
+TARGET_MEANINGS = {"pre_projection": "the pooled text state before the teacher's text projection",
+                   "embedding": "the teacher's text embedding (its `get_text_features`)"}
+
+
+def teacher_rows(source: str | None, distill_target: str | None) -> list[tuple[str, str]]:
+    """Which teacher family read the checkpoint, its distillation target and its image preprocessing."""
+    from altclip_train.models.teachers import load_teacher
+
+    if not source:
+        return []
+    try:
+        teacher = load_teacher(str(source), distill_target)
+    except (OSError, ValueError) as error:
+        log.debug("model card: teacher %s not described (%s)", source, error)
+        return []
+    rows = [("teacher family", f"`{teacher.family}`"),
+            ("distillation target", f"`{teacher.distill_target}`: {TARGET_MEANINGS[teacher.distill_target]}")]
+    try:
+        rows.append(("image preprocessing", describe_preprocessing(teacher.image_processor().description)))
+    except (OSError, ValueError) as error:  # e.g. SigLIP 2 NaFlex, whose image side phase 2 does not read
+        log.debug("model card: no image preprocessing for %s (%s)", source, error)
+    return rows
+
+
+def describe_preprocessing(description: dict) -> str:
+    settings = description.get("settings", {})
+    parts = [f"`{description.get('class')}` ({description.get('library')})"]
+    for key in ("size", "crop_size", "resample", "image_mean", "image_std"):
+        if settings.get(key) is not None:
+            parts.append(f"{key} {settings[key]}")
+    return ", ".join(parts)
+
+
 def recipe_rows(cfg: DictConfig) -> list[tuple[str, str]]:
     """The key hyper-parameters of one phase, as (name, value) rows."""
     phase = _value(cfg, "phase")
     if phase == "distill":
-        rows = [("teacher (frozen CLIP text tower)", f"`{_value(cfg, 'model.teacher')}`"),
+        target = _value(cfg, "model.distill_target", None)
+        rows = [("teacher (frozen text tower)", f"`{_value(cfg, 'model.teacher')}`"),
+                *teacher_rows(_value(cfg, "model.teacher", None), target),
                 ("student (XLM-R → AltCLIPTextModel)", f"`{_value(cfg, 'model.student')}`"),
-                ("loss", "MSE to the teacher's pooled end-of-text state, English and translation sides"),
+                ("loss", "MSE to the teacher's target, English and translation sides"),
                 ("parallel corpora", "; ".join(_corpora(cfg)) or "-")]
     else:
+        loss = _value(cfg, "model.loss", None)
         rows = [("teacher (image side, frozen)", f"`{_value(cfg, 'model.model.teacher')}`"),
+                *teacher_rows(_value(cfg, "model.model.teacher", None), _value(cfg, "model.model.distill_target", None)),
                 ("student (phase-1 text tower)", f"`{_value(cfg, 'model.model.student')}`"),
-                ("loss", str(_value(cfg, "model.loss"))),
+                ("loss", str(loss) if loss else "the teacher's own (`clip` InfoNCE or `sigmoid`)"),
                 ("frozen", ", ".join(f"`{p}`" for p in _value(cfg, "model.freeze", []) or []) or "nothing"),
                 ("image-text shards", f"`{_value(cfg, 'data.shards')}`")]
     steps = _value(cfg, "trainer.max_steps", None)
@@ -234,7 +271,32 @@ def evaluation_dataset(cfg: DictConfig) -> str:
 # ---------------------------------------------------------------------------------------------- the card
 
 
-def how_to_load(phase: str, repo: str) -> list[str]:
+def exported_class(model_dir: Path) -> tuple[str, bool]:
+    """(class name, whether it ships as remote code) of the model in `model_dir`, from its config.json."""
+    import json
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "AltCLIPModel", False
+    return (config.get("architectures") or ["AltCLIPModel"])[0], "auto_map" in config
+
+
+def how_to_load(phase: str, repo: str, model_dir: Path | None = None) -> list[str]:
+    model_class, remote = exported_class(model_dir) if model_dir is not None else ("AltCLIPModel", False)
+    if phase != "distill" and remote:
+        code = [
+            "from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, pipeline",
+            "",
+            f"# {model_class}: its modeling file ships next to the weights (it imports only torch and transformers)",
+            f'classifier = pipeline("zero-shot-image-classification", model="{repo}", trust_remote_code=True)',
+            'classifier("cat.jpg", candidate_labels=["chat", "chien"], hypothesis_template="une photo de {}.")',
+            "",
+            f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)',
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+            f'image_processor = AutoImageProcessor.from_pretrained("{repo}")',
+        ]
+        return ["```python", *code, "```", ""]
     if phase == "distill":
         code = [
             "from transformers import AutoModel, AutoTokenizer",
@@ -333,13 +395,13 @@ def build_model_card(model_dir: str | Path, run_dir: str | Path, metrics: dict[s
     lines = [f"# {name}", ""]
     if phase == "distill":
         lines += ["A multilingual text encoder (`transformers.AltCLIPTextModel`: XLM-R, `pre_LN`, `transformation`) "
-                  "distilled from a CLIP teacher's text tower the [AltCLIP](https://arxiv.org/abs/2211.06679) way "
+                  "distilled from a teacher's text tower the [AltCLIP](https://arxiv.org/abs/2211.06679) way "
                   "(phase 1 of 2), trained with altclip-train. It maps text in every "
                   "training language into the teacher's text space; pair it with the teacher's image side "
                   "(`altclip-train contrastive`) for a full AltCLIP model.", ""]
     else:
-        lines += ["A multilingual CLIP model (`transformers.AltCLIPModel`) trained the "
-                  "[AltCLIP](https://arxiv.org/abs/2211.06679) way with altclip-train: a CLIP teacher's text tower "
+        lines += [f"A multilingual CLIP model (`{exported_class(model_dir)[0]}`) trained the "
+                  "[AltCLIP](https://arxiv.org/abs/2211.06679) way with altclip-train: a teacher's text tower "
                   "distilled into XLM-R (phase 1), then contrastive tuning on multilingual image-text pairs with the "
                   "image tower frozen (phase 2).", ""]
     lines += ["## Training recipe", ""]
@@ -360,7 +422,7 @@ def build_model_card(model_dir: str | Path, run_dir: str | Path, metrics: dict[s
     else:
         lines += ["No evaluation ran during training. `altclip-train eval` scores it per language, on the standard "
                   "benchmarks too (`benchmarks=[xtd10,xm3600]`).", ""]
-    lines += ["## How to load", ""] + how_to_load(phase, repo_id or str(model_dir))
+    lines += ["## How to load", ""] + how_to_load(phase, repo_id or str(model_dir), model_dir)
     lines += ["## Training command", ""]
     if command:
         lines += ["The exact command that trained this model (resolved config: `config.yaml` of its run):", "",

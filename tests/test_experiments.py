@@ -17,7 +17,8 @@ from launching import cli_command, run, run_env
 # (phase, experiment) in the order the tests below run them; a new experiment must join a chain.
 RUNS = [("contrastive", "demo_teacher"), ("distill", "demo_distill"), ("contrastive", "demo_contrastive"),
         ("distill", "tiny"), ("contrastive", "tiny"),
-        ("distill", "altclip_m9_distill"), ("contrastive", "altclip_m9_contrastive")]
+        ("distill", "altclip_m9_distill"), ("contrastive", "altclip_m9_contrastive"),
+        ("distill", "siglip_so400m_distill"), ("contrastive", "siglip_so400m_contrastive")]
 
 
 def test_every_experiment_is_run_end_to_end_below():
@@ -85,3 +86,20 @@ def test_m9_recipes_on_the_tiny_models(tmp_path):
                    f"data.shards={tiny_asset('shards')}")
     assert_landed(tmp_path / "p2")
     assert OmegaConf.load(tmp_path / "p2" / "config.yaml").model.model.student == str(tmp_path / "p1" / "final")
+
+
+@pytest.mark.slow
+def test_siglip_recipes_on_a_tiny_siglip(tmp_path):
+    from altclip_train.assets import tiny_asset
+    from altclip_train.models.tiny import SAMPLE_SENTENCES, build_tiny_siglip
+
+    teacher = build_tiny_siglip(tmp_path / "siglip", SAMPLE_SENTENCES)
+    corpora = ",".join(f"{{lang: {lang}, path: '{tiny_asset('data')}/parallel/{lang}.tsv'}}" for lang in ("zh", "ja"))
+    run_experiment("distill", "siglip_so400m_distill", tmp_path / "distill.log", f"run_dir={tmp_path / 'p1'}",
+                   f"model.teacher={teacher}", f"model.student={tiny_asset('student')}", f"data.corpora=[{corpora}]")
+    assert_landed(tmp_path / "p1")
+    run_experiment("contrastive", "siglip_so400m_contrastive", tmp_path / "contrastive.log",
+                   f"run_dir={tmp_path / 'p2'}", f"model.model.teacher={teacher}", f"data.shards={tiny_asset('shards')}")
+    assert_landed(tmp_path / "p2")
+    card = (tmp_path / "p2" / "final" / "README.md").read_text(encoding="utf-8")
+    assert "`siglip`" in card and "`embedding`" in card and "SiglipImageProcessor" in card
