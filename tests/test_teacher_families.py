@@ -333,3 +333,17 @@ def test_siglip_phase2_end_to_end_cache_loss_export_and_pipeline(siglip_teacher,
     scores = classify(images[0], candidate_labels=["ein Hund", "un chat", "一辆车"])
     assert len(scores) == 3 and all(0 <= s["score"] <= 1 for s in scores)
 
+
+
+def test_eval_reads_a_siglip_teacher_at_its_fixed_width(siglip_teacher):
+    from altclip_train.evaluate.models import embed_texts, load_eval_model
+
+    loaded = load_eval_model(str(siglip_teacher))
+    texts = ["a dog", "two cats sleep on the sofa", "A red car!"]
+    got = embed_texts(loaded.model, loaded.tokenizer, texts, torch.device("cpu"), batch_size=2,
+                      max_length=loaded.max_length, amp=False)
+    tokens = AutoTokenizer.from_pretrained(siglip_teacher)(texts, padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(SiglipModel.from_pretrained(siglip_teacher).get_text_features(
+            **tokens).pooler_output, dim=-1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -45,7 +45,7 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
 
 
 def load_eval_model(path: str, name: str | None = None, device: str | torch.device = "cpu") -> EvalModel:
-    """Load an AltCLIP, AltCLIP-SigLIP or CLIP checkpoint, picking the class from `config.json`'s model_type.
+    """Load an AltCLIP, AltCLIP-SigLIP, CLIP or SigLIP checkpoint, picking the class from `config.json`'s model_type.
 
     An AltCLIP-SigLIP export ships its class as remote code; the class is this package's own, so it is loaded
     from here rather than by running the file in the model dir.
@@ -53,11 +53,13 @@ def load_eval_model(path: str, name: str | None = None, device: str | torch.devi
     import json
     from pathlib import Path
 
-    from transformers import AltCLIPModel, AutoConfig, AutoTokenizer, CLIPModel
+    from transformers import AltCLIPModel, AutoConfig, AutoTokenizer, CLIPModel, SiglipModel
 
     from altclip_train.models.altclip_siglip import AltCLIPSiglipModel
+    from altclip_train.models.teachers import load_teacher
 
-    model_classes = {"altclip": AltCLIPModel, "altclip_siglip": AltCLIPSiglipModel, "clip": CLIPModel}
+    model_classes = {"altclip": AltCLIPModel, "altclip_siglip": AltCLIPSiglipModel, "clip": CLIPModel,
+                     "siglip": SiglipModel}
     config_file = Path(path) / "config.json"
     model_type = (json.loads(config_file.read_text(encoding="utf-8")).get("model_type") if config_file.is_file()
                   else AutoConfig.from_pretrained(path).model_type)
@@ -67,7 +69,9 @@ def load_eval_model(path: str, name: str | None = None, device: str | torch.devi
         )
     model = model_classes[model_type].from_pretrained(path)
     model.to(resolve_device(device)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    # A teacher is read with its family's tokenizer settings (SigLIP pads to its fixed width).
+    tokenizer = (load_teacher(path).eval_tokenizer() if model_type in ("clip", "siglip")
+                 else AutoTokenizer.from_pretrained(path))
     return EvalModel(
         name=name or str(path),
         path=str(path),

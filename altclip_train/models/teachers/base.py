@@ -161,6 +161,10 @@ class Teacher(ABC):
     @abstractmethod
     def load_text_encoder(self, device="cpu") -> TextTargetEncoder: ...
 
+    def eval_tokenizer(self):
+        """The tokenizer evaluation pads batches with (`tokenizer(...)`, then `.pad(...)`): the authors' settings."""
+        return self.text_tokenizer()
+
     @torch.no_grad()
     def encode_texts(self, texts: list[str], device="cpu", batch_size: int = 256, encoder=None) -> np.ndarray:
         """float32 targets for `texts`, tokenised as the family's authors do (a convenience; training reads the

@@ -53,6 +53,23 @@ class SiglipTextTarget(TextTargetEncoder):
         return output.pooler_output if self.projected else output.last_hidden_state[:, -1, :]
 
 
+class FixedWidthPadding:
+    """A tokenizer whose `pad` always pads to SigLIP's fixed width, for code that pads per batch (evaluation)."""
+
+    def __init__(self, tokenizer, width: int):
+        self.tokenizer, self.width = tokenizer, width
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def pad(self, encoded, **kwargs):
+        kwargs.update(padding="max_length", max_length=self.width)
+        return self.tokenizer.pad(encoded, **kwargs)
+
+
 class SiglipImageSide(nn.Module):
     def __init__(self, vision_model):
         super().__init__()
@@ -108,6 +125,9 @@ class SiglipTeacher(Teacher):
     @property
     def text_max_length(self) -> int:
         return int(self.config.text_config.max_position_embeddings)
+
+    def eval_tokenizer(self):
+        return FixedWidthPadding(self.text_tokenizer(), self.text_max_length)
 
     def load_text_encoder(self, device="cpu") -> TextTargetEncoder:
         text_class, _ = self._classes()
