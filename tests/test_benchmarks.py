@@ -21,8 +21,6 @@ from altclip_train.evaluate.benchmarks.results import clip_benchmark_metrics, wr
 from altclip_train.evaluate.metrics import mean_per_class_recall
 from altclip_train.models.tiny import build_tiny_clip, train_xlmr_tokenizer
 
-skimage_data = pytest.importorskip("skimage.data")
-
 IMAGE_SIZE = 32
 TRANSFORM = clip_preprocessor(IMAGE_SIZE)
 
@@ -168,6 +166,8 @@ PROMPTS = {"en": ["a photo of a {c}.", "a blurry photo of the {c}."], "de": ["ei
 
 
 def photo(name: str) -> Image.Image:
+    # Only the tests built on these photographs need scikit-image; the hand examples run without it.
+    skimage_data = pytest.importorskip("skimage.data")
     pixels = getattr(skimage_data, name)()
     image = Image.fromarray(pixels).convert("RGB")
     image.thumbnail((96, 96))  # small files, same photograph
@@ -334,7 +334,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     )
     torch.manual_seed(0)
     AltCLIPModel(config).save_pretrained(out)
-    TRANSFORM.to_processor().save_pretrained(out)
+    TRANSFORM.save_pretrained(out)
     return {"teacher": clip, "phase2": out}
 
 

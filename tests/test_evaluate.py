@@ -290,7 +290,7 @@ def tiny_altclip(tmp_path_factory, tiny_clip):
     )
     torch.manual_seed(0)
     AltCLIPModel(config).save_pretrained(out)
-    TRANSFORM.to_processor().save_pretrained(out)
+    TRANSFORM.save_pretrained(out)
     return out
 
 

@@ -49,6 +49,13 @@ class ImagePreprocessor:
         """Stable hash of what the preprocessing does; part of every image-embedding cache key."""
         return hashlib.sha256(json.dumps(self.description, sort_keys=True).encode()).hexdigest()[:16]
 
+    # Two preprocessors that do the same thing are the same (eval preprocesses each image set once per kind).
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ImagePreprocessor) and other.fingerprint() == self.fingerprint()
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint())
+
     def save_pretrained(self, output_dir: str | Path) -> None:
         if self._save is None:
             raise ValueError(f"{self.description.get('class')} preprocessing has no file format to save")
