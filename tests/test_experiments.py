@@ -89,6 +89,7 @@ def test_m9_recipes_on_the_tiny_models(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # CI's guard for the same path: test_teacher_families.py's SigLIP phase-2 end-to-end test
 def test_siglip_recipes_on_a_tiny_siglip(tmp_path):
     from altclip_train.assets import tiny_asset
     from altclip_train.models.tiny import SAMPLE_SENTENCES, build_tiny_siglip

@@ -1,9 +1,10 @@
 """The frozen image side, computed once: a caption index of a shard set plus its cached image embeddings.
 
-Phase 2 freezes the vision tower and `visual_projection`, so the projected embedding of an image can never
-change during training. This module reads every image of a WebDataset shard set once, embeds it with the
-frozen image side (`model.get_image_features(pixel_values).pooler_output`, the very call the contrastive
-task makes) and stores the result, so a cached phase-2 run reads only captions and float16 vectors.
+Phase 2 freezes the image side, so the embedding of an image can never change during training. This module
+reads every image of a WebDataset shard set once, preprocesses it with the teacher family's own image
+processor, embeds it with the family's frozen image side (`Teacher.load_image_encoder`: what the phase-2
+model's `get_image_features` computes) and stores the result, so a cached phase-2 run reads only captions
+and float16 vectors. The key holds the teacher's family and hash and the preprocessing's fingerprint.
 
 Two on-disk pieces, both in the chunked `cache_entry.CacheEntry` format (every rank fills disjoint chunks; a
 killed build resumes at its unfinished chunks; a corrupt chunk is rebuilt alone; see that module for what is
