@@ -80,6 +80,30 @@ def distill_mse_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return F.mse_loss(student.to(dtype), teacher.to(dtype))
 
 
+def translation_contrastive_loss(translations: Tensor, targets: Tensor, sources: Tensor | None = None,
+                                 temperature: float = 0.05) -> Tensor:
+    """In-batch InfoNCE from each translation's student vector to its English source's teacher target.
+
+    | input          | shape   | what                                                         |
+    |----------------|---------|--------------------------------------------------------------|
+    | `translations` | [n, D]  | student vectors of the translated rows                       |
+    | `targets`      | [n, D]  | teacher targets of their English sources (row i is i's)      |
+    | `sources`      | [n]     | optional source ids: another row with the same English source is not a negative |
+
+    Cosine similarities over `temperature`, cross-entropy towards the own source, in float32. Negatives are
+    the rows of this micro-batch (no all-gather: the MSE term it sits beside is per row too).
+    """
+    if translations.shape != targets.shape:
+        raise ValueError(f"translation_contrastive_loss: translations {tuple(translations.shape)} != targets "
+                         f"{tuple(targets.shape)}")
+    logits = F.normalize(translations.float(), dim=-1) @ F.normalize(targets.float(), dim=-1).t() / temperature
+    if sources is not None:
+        same = sources[:, None] == sources[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward hands each rank the summed gradient of its rows.
 

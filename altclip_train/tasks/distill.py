@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 
-from altclip_train.losses import distill_mse_loss
+from altclip_train.losses import distill_mse_loss, translation_contrastive_loss
 from altclip_train.models.student import build_student
 from altclip_train.models.teachers import load_teacher
 from altclip_train.tasks.base import Task
@@ -31,11 +31,25 @@ from altclip_train.tasks.base import Task
 log = logging.getLogger(__name__)
 
 
+LOSSES = ("mse", "mse+contrastive")
+
+
 class DistillTask(Task):
+    """`loss=mse` (AltCLIP's objective) or `mse+contrastive`: MSE plus `contrastive_weight` x an in-batch InfoNCE
+    from each translation's student vector to its English source's teacher target (`contrastive_temperature`),
+    which pushes translations apart from other sentences' targets, not only towards their own."""
+
     def __init__(self, teacher: str, student: str, student_tokenizer: str | None = None,
                  freeze: Iterable[str] = (), teacher_cache: bool = True, trust_remote_code: bool = False,
-                 gradient_checkpointing: bool = False, distill_target: str | None = None):
+                 gradient_checkpointing: bool = False, distill_target: str | None = None, loss: str = "mse",
+                 contrastive_weight: float = 1.0, contrastive_temperature: float = 0.05):
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"model.loss={loss!r}: choose one of {', '.join(LOSSES)}")
+        if contrastive_temperature <= 0:
+            raise ValueError(f"model.contrastive_temperature={contrastive_temperature}: must be positive")
+        self.loss_name, self.contrastive_weight = loss, float(contrastive_weight)
+        self.contrastive_temperature = float(contrastive_temperature)
         self.teacher_name = teacher
         self.teacher = load_teacher(teacher, distill_target, trust_remote_code)
         self.student_tokenizer = student_tokenizer or student
@@ -74,7 +88,16 @@ class DistillTask(Task):
         target = self.teacher_targets(batch)
         # Student rows come two per pair (English, translation); the loop logs pairs/s from this.
         pairs = batch["student_input_ids"].shape[0] // 2
-        return {"loss": distill_mse_loss(self.student_embeddings(batch), target), "pairs": pairs}
+        student = self.student_embeddings(batch)
+        mse = distill_mse_loss(student, target)
+        if self.loss_name == "mse":
+            return {"loss": mse, "pairs": pairs}
+        sources = batch.get("source_index")
+        contrastive = translation_contrastive_loss(student[pairs:], target[:pairs],
+                                                   None if sources is None else sources[:pairs],
+                                                   self.contrastive_temperature)
+        return {"loss": mse + self.contrastive_weight * contrastive, "mse": mse.detach(),
+                "contrastive": contrastive.detach(), "pairs": pairs}
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, Any]], accelerator) -> dict[str, float]:
