@@ -34,7 +34,8 @@ def group_options(group: str, phase: str | None = None) -> list[str]:
 @pytest.fixture(scope="module")
 def earlier_phase1_outputs(tmp_path_factory):
     """What a finished phase 1 leaves for phase 2's `${latest_output:...}`: a model dir and its record."""
-    for name in ("distill-tiny", "altclip_m9_distill"):
+    names = {OmegaConf.load(path).get("name") for path in (CONFIG_DIR / "phases" / "distill" / "experiment").glob("*.yaml")}
+    for name in sorted(name for name in names if name):
         final = tmp_path_factory.mktemp(name) / "final"
         final.mkdir()
         (final / "config.json").write_text("{}")
@@ -213,7 +214,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str]:
      "data.corpora[0].language_colum: unknown key (did you mean language_column?)"),
     ("data.corpora=[{lang: zh, path: x.tsv, weight: heavy}]", "data.corpora[0].weight='heavy': expected a number"),
     ("data.corpora=[zh.tsv]", "data.corpora=['zh.tsv']: expected a list of mappings"),
-    ("experiment=nope", "experiment=nope: no such experiment; choose one of altclip_m9_distill, demo_distill, tiny"),
+    ("experiment=nope", "experiment=nope: no such experiment; choose one of altclip_m9_distill, demo_distill, siglip_so400m_distill, tiny"),
     ("optim.lr=[1", "cannot read override 'optim.lr=[1': no viable alternative at input '[1'"),
     ("run_dir=a,b", "run_dir=a,b: run_dir takes one directory; to sweep, set hydra.sweep.dir and sweep other keys"),
 ])
@@ -243,7 +244,7 @@ def test_phase2_tiny_says_in_one_line_where_it_looked(capsys, tmp_path, monkeypa
 def test_schema_errors_name_nested_targets():
     cfg = compose_config("contrastive", ["model.model.student=/s", "data.shards=/x", "+model.model.dropout=0.1"])
     with pytest.raises(ConfigError, match=r"^model.model.dropout: unknown key \(assemble takes teacher, "
-                                          r"student, trust_remote_code\)$"):
+                                          r"student, distill_target, trust_remote_code\)$"):
         validate(cfg)
 
 
