@@ -214,7 +214,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str]:
      "data.corpora[0].language_colum: unknown key (did you mean language_column?)"),
     ("data.corpora=[{lang: zh, path: x.tsv, weight: heavy}]", "data.corpora[0].weight='heavy': expected a number"),
     ("data.corpora=[zh.tsv]", "data.corpora=['zh.tsv']: expected a list of mappings"),
-    ("experiment=nope", "experiment=nope: no such experiment; choose one of altclip_m9_distill, demo_distill, siglip_so400m_distill, tiny"),
+    ("experiment=nope", f"experiment=nope: no such experiment; choose one of {', '.join(experiments('distill'))}"),
     ("optim.lr=[1", "cannot read override 'optim.lr=[1': no viable alternative at input '[1'"),
     ("run_dir=a,b", "run_dir=a,b: run_dir takes one directory; to sweep, set hydra.sweep.dir and sweep other keys"),
 ])

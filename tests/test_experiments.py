@@ -17,7 +17,7 @@ from launching import cli_command, run, run_env
 # (phase, experiment) in the order the tests below run them; a new experiment must join a chain.
 RUNS = [("contrastive", "demo_teacher"), ("distill", "demo_distill"), ("contrastive", "demo_contrastive"),
         ("distill", "tiny"), ("contrastive", "tiny"),
-        ("distill", "altclip_m9_distill"), ("contrastive", "altclip_m9_contrastive"),
+        ("distill", "altclip_m9_distill"), ("contrastive", "altclip_m9_contrastive"), ("distill", "add_languages"),
         ("distill", "siglip_so400m_distill"), ("contrastive", "siglip_so400m_contrastive")]
 
 
@@ -86,6 +86,13 @@ def test_m9_recipes_on_the_tiny_models(tmp_path):
                    f"data.shards={tiny_asset('shards')}")
     assert_landed(tmp_path / "p2")
     assert OmegaConf.load(tmp_path / "p2" / "config.yaml").model.model.student == str(tmp_path / "p1" / "final")
+    # Growing it: the m9 phase-1 model continues on one language with another replayed.
+    replay = f"[{{lang: zh, path: '{tiny_asset('data')}/parallel/zh.tsv'}}]"
+    run_experiment("distill", "add_languages", tmp_path / "add.log", f"run_dir={tmp_path / 'p3'}",
+                   f"model.teacher={tiny_asset('teacher')}", f"data.corpora=[{{lang: ko, path: "
+                   f"'{tiny_asset('data')}/parallel/ko.tsv'}}]", f"data.replay.corpora={replay}")
+    assert_landed(tmp_path / "p3")
+    assert OmegaConf.load(tmp_path / "p3" / "config.yaml").model.student == str(tmp_path / "p1" / "final")
 
 
 @pytest.mark.slow

@@ -25,12 +25,23 @@ class BatchPlan:
     bucket_by_length: bool = True
     bucket_span: int = 64          # batches sorted together in one bucket window
     drop_last: bool = True
+    replay_groups: list[np.ndarray] = field(default_factory=list)  # old-language rows mixed into every batch
+    replay_weights: list[float] = field(default_factory=list)
+    replay_fraction: float = 0.0   # share of each global batch drawn from the replay groups
     _latest: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
-    def epoch_rows(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, epoch])
+    @property
+    def replay_per_batch(self) -> int:
+        """Rows of each global batch that come from the replay groups (0 without replay)."""
+        if not self.replay_groups or not self.replay_fraction:
+            return 0
+        return min(self.global_batch_size - 1, max(1, round(self.replay_fraction * self.global_batch_size)))
+
+    def epoch_rows(self, epoch: int, replay: bool = False) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, 2] if replay else [self.seed, epoch])
         rows = []
-        for group, weight in zip(self.groups, self.weights):
+        groups, weights = (self.replay_groups, self.replay_weights) if replay else (self.groups, self.weights)
+        for group, weight in zip(groups, weights):
             whole, fraction = divmod(weight * len(group), len(group)) if len(group) else (0, 0)
             rows.extend([group] * int(whole))
             if fraction:
@@ -47,19 +58,30 @@ class BatchPlan:
         self._latest = (epoch, batches)
         return list(batches)
 
+    def _bucketed(self, rows: np.ndarray, size: int) -> np.ndarray:
+        if not self.bucket_by_length:
+            return rows
+        window = size * self.bucket_span
+        sorted_windows = [rows[start:start + window][np.argsort(-self.lengths[rows[start:start + window]],
+                                                                kind="stable")]
+                          for start in range(0, len(rows), window)]
+        return np.concatenate(sorted_windows) if sorted_windows else rows
+
     def _plan(self, epoch: int) -> list[np.ndarray]:
-        rows = self.epoch_rows(epoch)
-        size = self.global_batch_size
-        if self.bucket_by_length:
-            window = size * self.bucket_span
-            sorted_windows = []
-            for start in range(0, len(rows), window):
-                chunk = rows[start:start + window]
-                sorted_windows.append(chunk[np.argsort(-self.lengths[chunk], kind="stable")])
-            rows = np.concatenate(sorted_windows) if sorted_windows else rows
+        replayed = self.replay_per_batch
+        size = self.global_batch_size - replayed
+        rows = self._bucketed(self.epoch_rows(epoch), size)
         batches = [rows[start:start + size] for start in range(0, len(rows), size)]
         if batches and self.drop_last and len(batches[-1]) < size:
             batches.pop()
+        if replayed and batches:
+            # The old languages' rows, cycled when they are fewer than the epoch needs, go `replayed` to a batch;
+            # both streams are length-sorted in the same windows, so paired slices have similar lengths.
+            old = self.epoch_rows(epoch, replay=True)
+            if not len(old):
+                raise ValueError("data.replay: the replay corpora have no rows to draw")
+            old = self._bucketed(np.resize(old, replayed * len(batches)), replayed)
+            batches = [np.concatenate([batch, old[i * replayed:(i + 1) * replayed]]) for i, batch in enumerate(batches)]
         if self.shuffle and self.bucket_by_length:
             order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))
             batches = [batches[i] for i in order]

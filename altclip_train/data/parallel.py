@@ -133,10 +133,23 @@ class ParallelTextData:
                  trust_remote_code: bool = False, pad_to_max_length: bool = False,
                  pad_to_multiple_of: int | str | None = "auto", language_temperature: float | None = None,
                  tokenize_num_proc: int | str = "auto", cache_verify: str = "stat",
-                 cache_chunk_rows: int | None = None):
+                 cache_chunk_rows: int | None = None, replay: dict | None = None):
         if not corpora:
             raise ValueError("data.corpora is empty: list at least one parallel corpus")
         self.specs = [CorpusSpec.from_config(dict(corpus), position) for position, corpus in enumerate(corpora)]
+        self.num_new_corpora = len(self.specs)
+        self.replay_fraction = 0.0
+        if replay:
+            replay = dict(replay)
+            unknown = sorted(set(replay) - {"corpora", "fraction"})
+            if unknown:
+                raise ValueError(f"data.replay.{unknown[0]}: unknown key (replay has corpora, fraction)")
+            self.replay_fraction = float(replay.get("fraction", 0.0))
+            if not 0 < self.replay_fraction < 1 or not replay.get("corpora"):
+                raise ValueError(f"data.replay: give corpora and a fraction in (0, 1), got fraction "
+                                 f"{replay.get('fraction')} and {len(replay.get('corpora') or [])} corpora")
+            self.specs += [CorpusSpec.from_config(dict(corpus), len(self.specs) + position)
+                           for position, corpus in enumerate(replay["corpora"])]
         for spec in self.specs:
             if spec.lang is not None and spec.lang not in languages:
                 raise ValueError(f"corpus {spec.name}: language '{spec.lang}' is not in data.languages {list(languages)}")
@@ -227,11 +240,19 @@ class ParallelTextData:
             order = np.random.default_rng([self.seed, index]).permutation(len(rows))
             val_rows.append(np.sort(rows[order[:held_out]]))
             train_groups.append(np.sort(rows[order[held_out:]]))
-        corpus_weights = [self.specs[group["corpus"]].weight for group in self.store.groups]
-        weights = language_weights([len(rows) for rows in train_groups], [g["lang"] for g in self.store.groups],
-                                   corpus_weights, self.language_temperature)
-        self.plan = BatchPlan(lengths=lengths, groups=train_groups, weights=weights,
-                              global_batch_size=self.batch_size, seed=self.seed, bucket_by_length=self.bucket_by_length)
+        # New corpora fill each batch; replay corpora (old languages) fill data.replay.fraction of it.
+        streams = {}
+        for replay in (False, True):
+            chosen = [i for i, g in enumerate(self.store.groups) if (g["corpus"] >= self.num_new_corpora) == replay]
+            weights = language_weights([len(train_groups[i]) for i in chosen],
+                                       [self.store.groups[i]["lang"] for i in chosen],
+                                       [self.specs[self.store.groups[i]["corpus"]].weight for i in chosen],
+                                       self.language_temperature)
+            streams[replay] = ([train_groups[i] for i in chosen], weights)
+        self.plan = BatchPlan(lengths=lengths, groups=streams[False][0], weights=streams[False][1],
+                              global_batch_size=self.batch_size, seed=self.seed, bucket_by_length=self.bucket_by_length,
+                              replay_groups=streams[True][0], replay_weights=streams[True][1],
+                              replay_fraction=self.replay_fraction)
         val_plan = np.concatenate(val_rows) if val_rows else np.zeros(0, dtype=np.int64)
         self.val_plan = val_plan[np.argsort(np.asarray(lengths[val_plan]), kind="stable")]
         if self.plan.num_batches(0) == 0:

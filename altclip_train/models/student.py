@@ -41,13 +41,14 @@ def student_config_from_xlmr(xlmr_config, project_dim: int) -> AltCLIPTextConfig
 
 def build_student(name_or_path: str, project_dim: int, trust_remote_code: bool = False) -> AltCLIPTextModel:
     """An AltCLIPTextModel whose encoder carries the XLM-R weights and whose output width is `project_dim`."""
-    config = load_model_config(name_or_path, trust_remote_code)
-    if config.model_type == "altclip_text_model":
-        model = AltCLIPTextModel.from_pretrained(name_or_path)
+    model_type = config_model_type(name_or_path, trust_remote_code)
+    if model_type in TRAINED_MODEL_TYPES:
+        model = load_trained_text_tower(name_or_path)
         if model.config.project_dim != project_dim:
             raise ValueError(f"student {name_or_path} has project_dim {model.config.project_dim}, "
                              f"but the teacher's text width is {project_dim}")
         return model
+    config = load_model_config(name_or_path, trust_remote_code)
     if config.model_type not in {"xlm-roberta", "roberta", "xlm-roberta-xl"}:
         raise ValueError(f"student {name_or_path} is a '{config.model_type}' checkpoint; expected XLM-R "
                          "(xlm-roberta) or a phase-1 AltCLIPTextModel")
@@ -96,6 +97,41 @@ def copy_encoder_weights(xlmr_state: dict, student: AltCLIPTextModel) -> None:
         if value.shape != target[key].shape:
             raise ValueError(f"XLM-R weight {key} has shape {tuple(value.shape)}, expected {tuple(target[key].shape)}")
     student.roberta.load_state_dict(renamed, strict=True)
+
+
+# Trained models whose text tower a new run continues from: phase 1's output, or a whole phase-2 model
+# (AltCLIPModel such as BAAI/AltCLIP-m9, or this project's AltCLIPSiglipModel).
+TRAINED_MODEL_TYPES = ("altclip_text_model", "altclip", "altclip_siglip")
+
+
+def config_model_type(name_or_path: str, trust_remote_code: bool = False) -> str:
+    """`model_type` from config.json, read as JSON for a local dir so remote-code configs need no code run."""
+    import json
+    from pathlib import Path
+
+    config_file = Path(name_or_path) / "config.json"
+    if config_file.is_file():
+        return json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "")
+    return load_model_config(name_or_path, trust_remote_code).model_type
+
+
+def load_trained_text_tower(name_or_path: str) -> AltCLIPTextModel:
+    """The AltCLIPTextModel inside a phase-1 output or a phase-2 model (its `text_model`)."""
+    model_type = config_model_type(name_or_path)
+    if model_type == "altclip_text_model":
+        return AltCLIPTextModel.from_pretrained(name_or_path)
+    if model_type == "altclip":
+        from transformers import AltCLIPModel
+
+        whole = AltCLIPModel.from_pretrained(name_or_path)
+    else:
+        from altclip_train.models.altclip_siglip import AltCLIPSiglipModel
+
+        whole = AltCLIPSiglipModel.from_pretrained(name_or_path)
+    tower = AltCLIPTextModel(whole.config.text_config)
+    tower.load_state_dict(whole.text_model.state_dict())
+    log.info("student %s: continuing from the text tower of its %s", name_or_path, type(whole).__name__)
+    return tower
 
 
 def load_phase1_student(path: str) -> AltCLIPTextModel:
