@@ -233,7 +233,9 @@ def train(cfg: DictConfig) -> Path:
         state.skipped = dict(total_skips(accelerator, skipped, Counter()))
         save_checkpoint(accelerator, run_dir, state, cfg.trainer.keep_last)
 
-    if state.step == 0 and cfg.trainer.eval_at_start:
+    # A run that grows a model to new languages is measured before its first step (the forgetting report).
+    language_roles = getattr(data, "language_roles", None) or {}
+    if state.step == 0 and (cfg.trainer.eval_at_start or language_roles):
         evaluate()
 
     progress = tqdm(total=total_steps, initial=state.step, desc=cfg.name, unit="step",
@@ -317,6 +319,10 @@ def train(cfg: DictConfig) -> Path:
         from altclip_train.model_card import card_after_training
 
         card_after_training(final_dir, run_dir)  # README.md with the Hub's front matter, results, the command
+        if language_roles:
+            from altclip_train.evaluate.forgetting import write_forgetting_report
+
+            write_forgetting_report(run_dir, language_roles)
         if skipped:
             log.warning("skipped samples: %s", dict(skipped))
         metrics_log.log({f"skipped/{k}": float(v) for k, v in skipped.items()}, state.step)

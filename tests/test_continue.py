@@ -3,6 +3,7 @@ and `data.replay` puts a fixed share of old-language pairs into every batch."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -13,6 +14,7 @@ from transformers import AltCLIPModel, AltCLIPTextModel
 from altclip_train.cli import compose_config
 from altclip_train.data.batching import BatchPlan
 from altclip_train.data.parallel import ParallelTextData
+from altclip_train.evaluate.forgetting import write_forgetting_report
 from altclip_train.models.assemble import save_assembled
 from altclip_train.models.student import build_student
 from altclip_train.tasks.distill import DistillTask
@@ -46,7 +48,7 @@ def test_replay_corpora_fill_their_share_of_every_batch(tiny_teacher, tiny_stude
     for batch in data.train_batches(0):
         langs = Counter(batch["lang"][10:])  # the translation rows
         assert langs["fr"] == 8 and langs["zh"] + langs["ja"] == 2
-    with pytest.raises(ValueError, match=r"data.replay: give corpora and a fraction in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"data.replay: give corpora and a fraction in \[0, 1\)"):
         ParallelTextData(corpora=[{"lang": "fr", "path": "x"}], languages=["fr"], batch_size=2, student="s",
                          teacher="t", replay={"fraction": 1.5, "corpora": [{"lang": "fr", "path": "y"}]})
 
@@ -72,3 +74,25 @@ def test_phase1_continues_from_a_phase2_model_with_replay(tiny_teacher, tiny_stu
                                   f"data.replay.corpora=[{{lang: ja, path: '{parallel_dir / 'ja.tsv'}'}}]")
     final = train(compose_config("distill", overrides))
     assert AltCLIPTextModel.from_pretrained(final).config.altclip_train["distill_target"] == "pre_projection"
+    report = json.loads((tmp_path / "run" / "forgetting.json").read_text())
+    roles = {row["lang"]: row["role"] for row in report["rows"]}
+    assert roles == {"en": "old", "ja": "new", "zh": "new", "fr": "new"}  # ja is both: new wins
+    assert report["steps"][0] == 0 and report["steps"][1] > 0
+    assert (tmp_path / "run" / "forgetting.png").stat().st_size > 0
+
+
+def test_the_forgetting_table_compares_the_first_and_last_evaluation(tmp_path):
+    records = [{"step": 0, "val/translation_acc/zh": 0.9, "val/translation_acc/hi": 0.1, "val/mse/zh": 0.2},
+               {"step": 5, "train/loss": 1.0},
+               {"step": 10, "val/translation_acc/zh": 0.7, "val/translation_acc/hi": 0.5, "val/mse/zh": 0.3},
+               {"step": 20, "val/translation_acc/zh": 0.8, "val/translation_acc/hi": 0.6, "val/mse/zh": 0.25}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = write_forgetting_report(tmp_path, {"zh": "old", "hi": "new"})
+    rows = {(r["metric"], r["lang"]): r for r in table["rows"]}
+    assert rows[("val/translation_acc", "zh")]["change"] == pytest.approx(-0.1)
+    assert rows[("val/translation_acc", "hi")]["change"] == pytest.approx(0.5)
+    assert table["mean_change"]["val/mse/old"] == pytest.approx(0.05) and table["steps"] == [0, 20]
+    assert "| val/translation_acc | zh | old | 0.9000 | 0.8000 | -0.1000 |" in (tmp_path / "forgetting.md").read_text()
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(records[2]) + "\n")
+    with pytest.raises(ValueError, match="needs an evaluation at step 0"):
+        write_forgetting_report(tmp_path, {"zh": "old"})

@@ -145,8 +145,8 @@ class ParallelTextData:
             if unknown:
                 raise ValueError(f"data.replay.{unknown[0]}: unknown key (replay has corpora, fraction)")
             self.replay_fraction = float(replay.get("fraction", 0.0))
-            if not 0 < self.replay_fraction < 1 or not replay.get("corpora"):
-                raise ValueError(f"data.replay: give corpora and a fraction in (0, 1), got fraction "
+            if not 0 <= self.replay_fraction < 1 or not replay.get("corpora"):
+                raise ValueError(f"data.replay: give corpora and a fraction in [0, 1), got fraction "
                                  f"{replay.get('fraction')} and {len(replay.get('corpora') or [])} corpora")
             self.specs += [CorpusSpec.from_config(dict(corpus), len(self.specs) + position)
                            for position, corpus in enumerate(replay["corpora"])]
@@ -223,6 +223,21 @@ class ParallelTextData:
             student_width=student_max if self.pad_to_max_length else None,
             teacher_width=teacher_max if self.pad_to_max_length else None)
         self._plan_batches()
+
+    @property
+    def language_roles(self) -> dict[str, str]:
+        """With `data.replay`: `old` for the replayed languages (and English), `new` for the new corpora's; the
+        loop then reports forgetting. Replay `fraction: 0` evaluates the old languages without replaying them."""
+        if self.num_new_corpora == len(self.specs):
+            return {}
+        roles = {self.source_lang: "old"}
+        for group in self.store.groups:
+            if group["corpus"] >= self.num_new_corpora:
+                roles.setdefault(group["lang"], "old")
+        for group in self.store.groups:
+            if group["corpus"] < self.num_new_corpora:
+                roles[group["lang"]] = "new"
+        return roles
 
     def _num_proc(self) -> int:
         if self.tokenize_num_proc == "auto":
