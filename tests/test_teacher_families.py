@@ -5,6 +5,7 @@ and loss, exports reload to the training-time embeddings, and an unknown family 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -140,15 +141,9 @@ def test_siglip2_text_targets_and_its_image_side_is_refused_in_one_line(naflex_t
 
 
 def test_the_teacher_cache_key_follows_family_identity_and_target(projected_clip, siglip_teacher):
-    keys = {json_key(load_teacher(str(path), target).identity())
+    keys = {json.dumps(load_teacher(str(path), target).identity(), sort_keys=True)
             for path in (projected_clip, siglip_teacher) for target in ("pre_projection", "embedding")}
     assert len(keys) == 4
-
-
-def json_key(identity: dict) -> str:
-    import json
-
-    return json.dumps(identity, sort_keys=True)
 
 
 def test_an_unknown_family_is_refused_in_one_line_before_any_weight_loads(tmp_path, tiny_student, parallel_dir):

@@ -95,12 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/demo", help="run dir for every artifact (default outputs/demo)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps per phase (used by the tests)")
+    parser.add_argument("--grow", action="store_true", help="after a finished demo: add 3 languages with and "
+                                                            "without replay, and the MSE vs combined-loss ablation")
+    parser.add_argument("--grow-epochs", type=int, default=30, help="phase-1 epochs of each --grow run")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     started = time.time()
+    if args.grow:
+        from altclip_train.demo.grow import grow, summarise as summarise_growth
+
+        summarise_growth(out, grow(out, env, args.grow_epochs), started)
+        return 0
     common = [f"demo_dir={out}", f"seed={args.seed}", "trainer.resume=null"]
     quick = QUICK_OVERRIDES if args.quick else {}
 
