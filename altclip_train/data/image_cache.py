@@ -439,7 +439,7 @@ def load_or_build_image_cache(urls: Sequence[str], image_model: str, transform: 
     embedder = ImageEmbedder(index, image_model, transform, device, batch_size, num_workers, dtype, trust_remote_code)
     embeddings = cache.load_or_build(embedder, accelerator, verify=verify, desc="embedding images")
     if embedder.rows:
-        log.info("image cache: %d images embedded on this rank (%.0f images/s, %.0f%% of the time inside the "
+        log.info("image cache: %d images embedded on this rank (%.3g images/s, %.0f%% of the time inside the "
                  "image forward)", embedder.rows, embedder.rows / max(cache.report.seconds, 1e-9),
                  100 * embedder.forward_s / max(cache.report.seconds, 1e-9))
     embedder.close()

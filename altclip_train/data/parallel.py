@@ -307,7 +307,7 @@ class ParallelTextData:
         report = cache.report
         if report.chunks_built:
             rate = stats["rows"] / max(report.seconds, 1e-9)
-            log.info("teacher cache: %d of %d chunks built on this rank (%d sentences, %.0f sentences/s, %.0f%% of "
+            log.info("teacher cache: %d of %d chunks built on this rank (%d sentences, %.3g sentences/s, %.0f%% of "
                      "the time inside the teacher forward)", report.chunks_built, cache.entry.num_chunks,
                      stats["rows"], rate, 100 * stats["forward_s"] / max(report.seconds, 1e-9))
         else:
