@@ -54,7 +54,7 @@ def grow(demo: Path, env: dict, epochs: int = 30) -> dict:
 
     save_assembled(str(teacher), str(out / "combined" / "final"), out / "combined-altclip")
     data = demo / "data"
-    run_command(["eval", f"models.mse={demo / 'step1-altclip'}", f"models.combined={out / 'combined-altclip'}",
+    run_command(["eval", f"+models.mse={demo / 'step1-altclip'}", f"+models.combined={out / 'combined-altclip'}",
                  f"zeroshot.images={data / 'images' / 'test'}", f"zeroshot.classnames_dir={data / 'eval' / 'classnames'}",
                  f"zeroshot.templates_dir={data / 'eval' / 'templates'}", "num_workers=0",
                  f"output_dir={out / 'ablation-eval'}"], env)
