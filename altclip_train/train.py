@@ -277,8 +277,10 @@ def train(cfg: DictConfig) -> Path:
                             for k, v in running_loss.items()}
                 elapsed = time.perf_counter() - window_start
                 pairs_per_s = pairs_in_window * accelerator.num_processes / max(elapsed, 1e-9)
+                # The window after a resume is shorter than log_every: say how many steps the averages cover.
                 averaged.update({"train/lr": optimizer.param_groups[0]["lr"], "train/pairs_per_s": pairs_per_s,
-                                 "train/epoch": state.epoch})
+                                 "train/epoch": state.epoch,
+                                 "train/window_steps": running_steps // accelerator.gradient_accumulation_steps})
                 metrics_log.log(averaged, state.step)
                 progress.set_postfix(loss=f"{averaged['train/loss']:.4g}", pairs_s=f"{pairs_per_s:.0f}")
                 running_loss, running_steps, window_start, pairs_in_window = None, 0, time.perf_counter(), 0

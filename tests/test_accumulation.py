@@ -14,6 +14,8 @@ Dropout is off everywhere (`scaleout_inputs`), so no layout draws different rand
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import altclip_train.train as train_module
@@ -173,3 +175,15 @@ def test_one_rank_accumulated_checkpoint_resumed_on_two_ranks(step, inputs, accu
                  checkpoint_at(accumulated["run_dir"], step))
     assert_same_losses(train_losses(resumed), train_losses(accumulated["run_dir"]), step, rel=1e-6)
     assert weight_gap(accumulated["run_dir"], resumed) < 1e-6
+
+
+def test_the_first_log_after_a_resume_says_how_many_steps_it_averages(inputs, accumulated, tmp_path):
+    """log_every=4 from a resume at step 5: the step-8 record averages steps 6-8 only, and says so."""
+    resumed = tmp_path / "resumed"
+    train_here("distill", inputs, resumed, ACCUM_2, SAVE_NONE, checkpoint_at(accumulated["run_dir"], ODD),
+               "trainer.log_every=4")
+    logged = {row["step"]: row for row in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines())
+              if "train/loss" in row}
+    assert logged[8]["train/window_steps"] == 3 and logged[12]["train/window_steps"] == 4
+    per_step = train_losses(accumulated["run_dir"])
+    assert logged[8]["train/loss"] == pytest.approx(sum(per_step[s] for s in (6, 7, 8)) / 3, rel=1e-6)
