@@ -24,6 +24,8 @@ HYDRA_COMMANDS = {"distill": "Phase 1: distil a CLIP teacher's text tower into X
 TOOL_COMMANDS = {"export": "Turn a checkpoint of either phase into a plain-transformers model dir",
                  "prepare-wds": "Build WebDataset shards from a CSV/TSV/JSONL of (image, caption, lang)",
                  "cache-images": "Embed every image of a shard set once with the frozen image tower",
+                 "translate": "Machine-translate English sentences into new languages: Moses pairs for data.corpora",
+                 "coverage": "Per language of the corpora: the student tokenizer's <unk>/byte rates and a verdict",
                  "demo": "The whole AltCLIP method on bundled real images (digits), offline, in minutes"}
 
 
@@ -263,6 +265,10 @@ def run_tool(command: str, argv: list[str]) -> None:
         from altclip_train.data.prepare_wds import main as tool
     elif command == "cache-images":
         from altclip_train.data.image_cache import main as tool
+    elif command == "translate":
+        from altclip_train.data.translate import main as tool
+    elif command == "coverage":
+        from altclip_train.data.coverage import main as tool
     else:
         from altclip_train.demo.run import main as tool
     result = report_user_errors(tool, argv)

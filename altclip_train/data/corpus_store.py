@@ -44,7 +44,6 @@ from altclip_train.data.corpora import PAIR_SCHEMA, CorpusSpec, iter_pairs
 log = logging.getLogger(__name__)
 
 STORE_VERSION = "corpus-store-v1"
-UNK_WARNING_RATE = 0.03
 MIN_ROWS_PER_PROC = 20_000   # below this, starting another tokenising process costs more than it saves
 
 
@@ -229,7 +228,13 @@ def open_or_build(specs: list[CorpusSpec], languages: list[str], student: Tokeni
             ready()
     else:
         ready()
-    return CorpusStore(directory)
+    store = CorpusStore(directory)
+    if accelerator is None or accelerator.process_index == 0:
+        from altclip_train.data.coverage import log_report, store_coverage
+
+        log_report(store_coverage(store, student.tokenizer), getattr(student.tokenizer, "name_or_path", "student"),
+                   exact_unk=True)
+    return store
 
 
 def build_store(specs: list[CorpusSpec], languages: list[str], student: Tokenization, teacher: Tokenization,
@@ -304,12 +309,8 @@ def build_store(specs: list[CorpusSpec], languages: list[str], student: Tokeniza
     np.save(staging / "pair_group.npy", pair_group)
 
     # ---- <unk> rates per language, in the student tokenizer
+    # Warned about by the coverage report that every start logs (open_or_build), not only the first build.
     unk_rates = _unk_rates(staging, source_files, target_files, pair_group, groups)
-    for lang, rate in sorted(unk_rates.items()):
-        if rate > UNK_WARNING_RATE:
-            log.warning("language %s: %.1f%% of its tokens are <unk> in the student tokenizer; that text is "
-                        "mostly lost to the model (extend the tokenizer, or check the corpus's script/encoding)",
-                        lang, 100 * rate)
     meta = {"key": key, "version": STORE_VERSION, "num_pairs": int(num_pairs), "num_sources": int(num_sources),
             "groups": groups, "skipped": dict(skipped), "unk_rates": unk_rates,
             "files": {"source_tokens": source_files, "target_tokens": target_files},
