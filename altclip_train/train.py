@@ -180,7 +180,20 @@ class PreemptionFlag:
 
 # --------------------------------------------------------------------------- the loop
 def train(cfg: DictConfig) -> Path:
-    """Run one training job described by `cfg`; returns the exported model dir (run_dir/final)."""
+    """Run one training job described by `cfg`; returns the exported model dir (run_dir/final).
+
+    The signal handlers found at start are back when it returns or raises, so a failed run leaves no
+    preemption handler behind in the caller's process."""
+    found = {sig: signal.getsignal(sig) for sig in PreemptionFlag.SIGNALS}
+    try:
+        return run_training(cfg)
+    finally:
+        for sig, handler in found.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def run_training(cfg: DictConfig) -> Path:
     validate(cfg)
     set_cpu_threads(cfg.trainer.cpu_threads)
     run_dir = Path(cfg.run_dir)

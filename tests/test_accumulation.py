@@ -15,6 +15,7 @@ Dropout is off everywhere (`scaleout_inputs`), so no layout draws different rand
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
@@ -140,6 +141,8 @@ def test_a_step_over_a_partial_global_batch_stops_the_run(inputs, accumulated, t
                                            "trainer.grad_accum_steps=2"):
         train_here("distill", inputs, tmp_path / "resumed", ACCUM_2, SAVE_NONE,
                    checkpoint_at(accumulated["run_dir"], ODD))
+    # A run that fails still hands the preemption signals back (later runs in this process install their own).
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
 
 
 # ---------------------------------------------------------------- rank count changes
