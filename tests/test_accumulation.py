@@ -171,6 +171,7 @@ def test_two_rank_checkpoint_resumed_on_one_rank_with_accumulation(step, inputs,
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@pytest.mark.heavy  # two 2-rank launches; CI keeps the 2 -> 1 direction, the one the bug hit
 @pytest.mark.parametrize("step", [ODD, EVEN])
 def test_one_rank_accumulated_checkpoint_resumed_on_two_ranks(step, inputs, accumulated, tmp_path):
     resumed = tmp_path / "resumed"

@@ -362,6 +362,7 @@ def _two_rank_args(english: Path, out: Path, model: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@pytest.mark.heavy  # a 2-rank launch; the chunked resume tests guard the same cache-entry path in CI
 def test_two_ranks_write_what_one_rank_writes(reference_run, tiny_m2m, english, tmp_path):
     from launching import accelerate_command, run
 
