@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-fast bench bench-scale clean
+.PHONY: install demo test test-all test-fast bench bench-scale mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: $(STAMP)
 # Corpus scale (BENCHMARKS.md "Corpus scale"): phase-1 setup and the image cache at 3 sizes, ~25 min here.
 bench-scale: $(STAMP)
 	$(PY) bench/scale_phase1.py --json-out bench/results/scale.json
+
+# Mutation testing (BENCHMARKS.md "Mutation score"): hand-written bugs in the losses, LR schedule, accumulation,
+# clipping, teacher target and preprocessing, each run against its tests on a temporary copy of HEAD; ~12 min.
+mutants: $(STAMP)
+	$(PY) scripts/mutants.py --json-out bench/results/mutants.json
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -9,6 +9,7 @@
 #
 #   bash bench/setup_env.sh                 # creates .venv-bench (a few minutes: the torch wheel is large)
 #   BENCH_VENV=/tmp/vb bash bench/setup_env.sh
+#   BENCH_VENV=.venv-interop EXTRA_PIP="clip-benchmark==1.6.2" bash bench/setup_env.sh   # make test-interop's venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ BENCH_VENV=${BENCH_VENV:-.venv-bench}
 PROJECT_PY=${PROJECT_PY:-.venv/bin/python}
 BENCH_TORCH=${BENCH_TORCH:-2.14.1}
 BENCH_TORCHVISION=${BENCH_TORCHVISION:-0.29.1}
+EXTRA_PIP=${EXTRA_PIP:-}
 
 if [[ ! -x "$PROJECT_PY" ]]; then
   echo "setup_env.sh: $PROJECT_PY not found; run 'make install' first" >&2
@@ -41,7 +43,7 @@ for dep in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
 EOF
 )
 "$BENCH_VENV/bin/python" -m pip install -q -c "$constraints" "${project_deps[@]}" \
-  sentence-transformers==6.2.0 open-clip-torch==3.3.0 psutil pyinstrument py-spy
+  sentence-transformers==6.2.0 open-clip-torch==3.3.0 psutil pyinstrument py-spy $EXTRA_PIP
 "$BENCH_VENV/bin/python" - <<'EOF'
 import open_clip, sentence_transformers, torch, torchvision, transformers
 print(f"bench venv ready: torch {torch.__version__}, torchvision {torchvision.__version__}, "

@@ -64,12 +64,31 @@ def test_distill_task_reports_pairs_not_rows(tiny_teacher, tiny_student):
 
 
 @pytest.mark.slow
-def test_the_loop_logs_pairs_per_second(tiny_teacher, tiny_student, parallel_dir, tmp_path):
+def test_the_loop_logs_pairs_per_second(tiny_teacher, tiny_student, parallel_dir, tmp_path, monkeypatch):
+    """pairs/s is the pairs of a logging window over the time its steps took. The loop's clock is replaced by
+    one that moves only inside training_step, by 0.1 s for the first step, 0.2 s for the second, and so on:
+    windows of 2 steps of 8 pairs give 16 / (0.1 + 0.2) and 16 / (0.3 + 0.4)."""
+    import types
+
     from conftest import distill_overrides
 
-    from altclip_train.train import train
+    from altclip_train import train as loop
 
-    train(compose_config("distill", distill_overrides(tiny_teacher, tiny_student, parallel_dir, tmp_path,
-                                                      "trainer.max_steps=2", "trainer.eval_at_start=false")))
+    clock, steps = [100.0], []
+    real_step = loop.training_step
+
+    def timed_step(*args, **kwargs):
+        steps.append(1)
+        clock[0] += 0.1 * len(steps)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "training_step", timed_step)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    loop.train(compose_config("distill", distill_overrides(tiny_teacher, tiny_student, parallel_dir, tmp_path,
+                                                           "trainer.max_steps=4", "trainer.log_every=2",
+                                                           "trainer.eval_at_start=false")))
     logged = [m for m in read_metrics(tmp_path) if "train/loss" in m]
-    assert logged and all(m["train/pairs_per_s"] > 0 and "train/rows_per_s" not in m for m in logged)
+    assert [m["step"] for m in logged] == [2, 4] and len(steps) == 4
+    # Rows (2 per pair) would double these; a running total since the start would give 32 / 1.0 at step 4.
+    assert [m["train/pairs_per_s"] for m in logged] == pytest.approx([16 / 0.3, 16 / 0.7], rel=1e-9)
+    assert all("train/rows_per_s" not in m for m in logged)

@@ -143,13 +143,32 @@ def test_xlmr_tokenizer_without_byte_fallback_loses_unseen_scripts(tmp_path):
     assert unk_rate(tokenizer, SAMPLE_SENTENCES) == 0.0
 
 
+class WordTokenizer:
+    """A tokenizer whose ids can be counted by eye: one id per known word, `<unk>` (3) for the rest, and
+    `<s>`/`</s>` (0/2) around each text unless add_special_tokens=False."""
+
+    unk_token_id = 3
+    vocab = {"a": 5, "dog": 6, "runs": 7}
+
+    def __call__(self, texts, add_special_tokens=True):
+        rows = [[self.vocab.get(word, self.unk_token_id) for word in text.split()] for text in texts]
+        return {"input_ids": [[0, *row, 2] if add_special_tokens else row for row in rows]}
+
+
 def test_unk_rate_counts_unknown_tokens_only(tmp_path):
-    tokenizer = train_xlmr_tokenizer(SAMPLE_SENTENCES, tmp_path, byte_fallback=False)
-    ids = tokenizer([UNSEEN_SCRIPTS["hi"], "A dog runs."], add_special_tokens=False)["input_ids"]
-    expected = sum(row.count(tokenizer.unk_token_id) for row in ids) / sum(len(row) for row in ids)
-    assert unk_rate(tokenizer, [UNSEEN_SCRIPTS["hi"], "A dog runs."]) == pytest.approx(expected)
-    assert 0.0 < expected < 1.0
+    tokenizer = WordTokenizer()
+    # [a dog runs] [a <unk> runs] [<unk> <unk>]: 3 of 8 tokens; the empty text has none and is left out.
+    # Counting <s></s> would give 3/14, and averaging per sentence (0 + 1/3 + 1) / 3 = 4/9.
+    texts = ["a dog runs", "a zebra runs", "zebra okapi", ""]
+    assert unk_rate(tokenizer, texts) == pytest.approx(3 / 8)
+    assert unk_rate(tokenizer, ["a dog runs"]) == 0.0 and unk_rate(tokenizer, ["okapi"]) == 1.0
     assert unk_rate(tokenizer, []) == 0.0 and unk_rate(tokenizer, [""]) == 0.0
+    tokenizer.unk_token_id = None  # a byte-level tokenizer has no unknown token: nothing is lost
+    assert unk_rate(tokenizer, ["zebra okapi"]) == 0.0
+
+    real = train_xlmr_tokenizer(SAMPLE_SENTENCES, tmp_path, byte_fallback=False)
+    assert unk_rate(real, ["A dog runs."]) == 0.0
+    assert 0.0 < unk_rate(real, [UNSEEN_SCRIPTS["hi"], "A dog runs."]) < 1.0
 
 
 def test_xlmr_tokenizer_with_more_characters_than_room_spells_the_rare_ones_in_bytes(tmp_path):

@@ -246,15 +246,23 @@ class ParallelTextData:
         return max(1, int(self.tokenize_num_proc))
 
     def _plan_batches(self) -> None:
-        """Per (corpus, language) group: hold out validation rows, then plan the epochs over the rest."""
+        """Per (corpus, language) group: hold out validation rows, then plan the epochs over the rest.
+
+        A held-out pair's English sentence is held out everywhere: the same sentence in another corpus or
+        language (and its English-English row) would otherwise train the student on the very teacher target
+        that validation scores it against."""
         lengths = self.store.pair_length
-        train_groups, val_rows = [], []
+        val_rows, group_rows = [], []
+        held_sources = np.zeros(self.store.num_sources, dtype=bool)
         for index, group in enumerate(self.store.groups):
             rows = self.store.group_rows(index)
             held_out = min(self.val_size, len(rows) // 10) if self.val_size else 0
             order = np.random.default_rng([self.seed, index]).permutation(len(rows))
             val_rows.append(np.sort(rows[order[:held_out]]))
-            train_groups.append(np.sort(rows[order[held_out:]]))
+            held_sources[np.asarray(self.store.pair_source[val_rows[-1]])] = True
+            group_rows.append(rows)
+        train_groups = [np.sort(rows[~held_sources[np.asarray(self.store.pair_source[rows])]])
+                        for rows in group_rows]
         # New corpora fill each batch; replay corpora (old languages) fill data.replay.fraction of it.
         streams = {}
         for replay in (False, True):
