@@ -80,6 +80,37 @@ class ImagePreprocessor:
         return cls.from_transformers(AutoImageProcessor.from_pretrained(str(name_or_path), backend="pil"))
 
 
+    @classmethod
+    def from_open_clip(cls, preprocess_cfg: dict) -> "ImagePreprocessor":
+        """open_clip's own evaluation transform for `preprocess_cfg` (its `PreprocessCfg` fields: size, mean,
+        std, interpolation, resize_mode, fill_color), built by `open_clip.image_transform_v2` (needs the extra).
+        Saved, it is the `preprocess_cfg` of an `open_clip_config.json`."""
+        settings = json.loads(json.dumps(dict(preprocess_cfg), sort_keys=True))
+        apply = OpenClipImages(settings)
+        description = {"library": "open_clip", "class": "image_transform_v2", "settings": settings}
+        description["output_size"] = list(apply(Image.new("RGB", (97, 61))).shape[1:])
+        return cls(settings, apply, description, save=None)
+
+
+class OpenClipImages:
+    """One image through open_clip's evaluation transform, built on first use (so it pickles as settings)."""
+
+    def __init__(self, settings: dict):
+        self.settings, self._transform = settings, None
+
+    def __getstate__(self):
+        return {"settings": self.settings, "_transform": None}
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if self._transform is None:
+            from open_clip.transform import PreprocessCfg, image_transform_v2
+
+            fields = {key: tuple(value) if isinstance(value, list) else value
+                      for key, value in self.settings.items()}
+            self._transform = image_transform_v2(PreprocessCfg(**fields), is_train=False)
+        return self._transform(image)
+
+
 class TransformersImages:
     """One image through a transformers image processor (a class, not a closure, so it pickles)."""
 
