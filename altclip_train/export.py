@@ -7,6 +7,10 @@ above it) and its weights loaded into it, whether Accelerate wrote them as one s
 ZeRO shards (gathered here into full fp32 weights). Either way the model dir gets a `README.md` model card with
 the Hub's front matter (see `model_card.py`).
 
+`--format open_clip` writes the phase-2 model in open_clip's format instead (`models/open_clip_format.py`):
+`open_clip.create_model_and_transforms("local-dir:DIR")` loads it, and `hf-hub:ORG/NAME` after `--push-to-hub`
+(the pushed copy names the repo as its text tower's home).
+
 `--push-to-hub ORG/NAME` uploads the model dir with huggingface_hub. The token comes from the environment
 (`HF_TOKEN`, or what `hf auth login` stored); it is never printed or logged. Offline or unauthorised, the command
 ends with one line saying so.
@@ -174,15 +178,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", metavar="EVAL_JSON",
                         help="an eval.json of `altclip-train eval` (e.g. XTD10, XM3600) to add to the card's results")
     parser.add_argument("--eval-model", help="which model of --eval is this one (default: the one at this path)")
+    parser.add_argument("--format", choices=("transformers", "open_clip"), default="transformers",
+                        help="transformers: the phase's own save_pretrained dir (default); open_clip: "
+                             "open_clip_config.json + open_clip_model.safetensors with XLM-R as an HF text tower")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model_dir, run_dir = resolve_target(args.run, args.output, args.config)
+    if args.format == "open_clip":
+        from altclip_train.models.open_clip_format import OpenClipExportError, export_open_clip
+
+        native, run_dir = resolve_target(args.run, None, args.config)
+        output = Path(args.output) if args.output else native.parent / f"{native.name}-open_clip"
+        try:
+            model_dir = export_open_clip(native, output)
+        except OpenClipExportError as error:
+            raise UserError(str(error)) from error
+    else:
+        model_dir, run_dir = resolve_target(args.run, args.output, args.config)
     extra = eval_json_results(args.eval, model_dir, args.eval_model) if args.eval else None
     write_model_card(model_dir, run_dir, license=args.license, repo_id=args.push_to_hub, extra_results=extra)
     print(f"exported {args.run} -> {model_dir} (model card: {model_dir / 'README.md'})")
     if args.push_to_hub:
+        upload = model_dir
+        if args.format == "open_clip":  # the pushed config names the repo as the text tower's home
+            import shutil
+            import tempfile
+
+            from altclip_train.models.open_clip_format import point_text_tower_at
+
+            upload = Path(tempfile.mkdtemp(prefix="open_clip-push-")) / model_dir.name
+            shutil.copytree(model_dir, upload)
+            point_text_tower_at(upload, args.push_to_hub)
         try:
-            url = push_to_hub(model_dir, args.push_to_hub, private=args.private)
+            url = push_to_hub(upload, args.push_to_hub, private=args.private)
         except PushError as error:
             raise UserError(str(error)) from error
         print(f"pushed {model_dir} -> https://huggingface.co/{args.push_to_hub} ({url})")

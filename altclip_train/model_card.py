@@ -275,6 +275,8 @@ def exported_class(model_dir: Path) -> tuple[str, bool]:
     """(class name, whether it ships as remote code) of the model in `model_dir`, from its config.json."""
     import json
 
+    if (model_dir / "open_clip_config.json").is_file():
+        return "open_clip CustomTextCLIP", False
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -284,6 +286,17 @@ def exported_class(model_dir: Path) -> tuple[str, bool]:
 
 def how_to_load(phase: str, repo: str, model_dir: Path | None = None) -> list[str]:
     model_class, remote = exported_class(model_dir) if model_dir is not None else ("AltCLIPModel", False)
+    if phase != "distill" and model_class.startswith("open_clip"):
+        name = f"hf-hub:{repo}" if "/" in repo and not Path(repo).exists() else f"local-dir:{repo}"
+        code = [
+            "import open_clip  # pip install open_clip_torch",
+            "",
+            "# open_clip's format: XLM-R as an HF text tower, the teacher's image tower and preprocessing",
+            f'model, _, preprocess = open_clip.create_model_and_transforms("{name}")',
+            f'tokenizer = open_clip.get_tokenizer("{name}")',
+            'text = model.encode_text(tokenizer(["a photo of a cat", "一张猫的照片"]))',
+        ]
+        return ["```python", *code, "```", ""]
     if phase != "distill" and remote:
         code = [
             "from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, pipeline",
@@ -382,7 +395,7 @@ def build_model_card(model_dir: str | Path, run_dir: str | Path, metrics: dict[s
     data = ModelCardData(
         language=card_languages(cfg, phase1, results),
         license=license or DEFAULT_LICENSE,
-        library_name="transformers",
+        library_name="open_clip" if (Path(model_dir) / "open_clip_config.json").is_file() else "transformers",
         pipeline_tag=PIPELINE_TAGS.get(phase, "feature-extraction"),
         base_model=[b for b in dict.fromkeys(base) if is_hub_id(b)] or None,
         datasets=list(dict.fromkeys(hub_datasets)) or None,

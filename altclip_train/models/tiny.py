@@ -568,3 +568,35 @@ def build_tiny_siglip(out_dir: str | Path, tokenizer_texts: Iterable[str] = SAMP
     if not naflex:
         SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(str(out_dir))
     return out_dir
+
+
+def build_tiny_open_clip(out_dir: str | Path, seed: int = 0, sigmoid: bool = False, embed_dim: int = 24,
+                         text_width: int = 40) -> Path:
+    """A tiny random open_clip CLIP (OpenAI layout, quick GELU, open_clip's own BPE tokenizer) saved as open_clip
+    saves it: `open_clip_config.json` + `open_clip_model.safetensors`. Needs the open_clip extra.
+
+    Embedding (24) and text width (40) differ, so the two distillation targets cannot pass for each other;
+    `sigmoid=True` gives it a logit bias, as open_clip's SigLIP configs have."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg = {"embed_dim": embed_dim, "quick_gelu": True,
+                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8,
+                                "mlp_ratio": 2.0},
+                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": text_width, "heads": 2,
+                              "layers": 2}}
+    if sigmoid:
+        model_cfg["init_logit_bias"] = -10.0
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_cfg)
+    with torch.no_grad():  # open_clip zero-initialises some tensors; random ones make every weight matter
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "open_clip_model.safetensors"))
+    preprocess = {"mean": [0.48, 0.45, 0.40], "std": [0.26, 0.26, 0.27], "interpolation": "bicubic",
+                  "resize_mode": "shortest"}
+    (out_dir / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2) + "\n", encoding="utf-8")
+    return out_dir
