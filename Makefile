@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-fast bench bench-scale mutants clean
+.PHONY: install demo test test-all test-fast test-interop bench bench-scale mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,16 @@ test-all: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not deepspeed"
+
+# open_clip and CLIP_benchmark interop (README "open_clip and CLIP_benchmark"): its own venv, as open_clip needs
+# torchvision (a large torch); the project is imported from this tree. First run: a few minutes to build the venv.
+INTEROP_VENV ?= .venv-interop
+$(INTEROP_VENV)/.bench-ready: $(STAMP) bench/setup_env.sh
+	BENCH_VENV=$(INTEROP_VENV) EXTRA_PIP="clip-benchmark==1.6.2 pytest pytest-timeout scikit-image" \
+		bash bench/setup_env.sh
+
+test-interop: $(INTEROP_VENV)/.bench-ready
+	PYTHONPATH=$(CURDIR) $(INTEROP_VENV)/bin/python -m pytest -q tests/interop -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

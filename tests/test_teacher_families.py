@@ -342,3 +342,25 @@ def test_eval_reads_a_siglip_teacher_at_its_fixed_width(siglip_teacher):
         want = torch.nn.functional.normalize(SiglipModel.from_pretrained(siglip_teacher).get_text_features(
             **tokens).pooler_output, dim=-1)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_without_the_open_clip_extra_an_open_clip_teacher_is_refused_in_one_line(tmp_path, tiny_student,
+                                                                                 parallel_dir):
+    """The project imports and runs without open_clip; naming an open_clip teacher says how to install it."""
+    import importlib.util
+
+    if importlib.util.find_spec("open_clip") is not None:
+        pytest.skip("open_clip is installed here (the interop venv): tests/interop covers the family")
+    (tmp_path / "oc").mkdir()
+    (tmp_path / "oc" / "open_clip_config.json").write_text("{}")
+    for name in ("open_clip:ViT-B-32@laion2b_s34b_b79k", "hf-hub:laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+                 str(tmp_path / "oc")):
+        with pytest.raises(UnsupportedTeacherError, match=r"pip install 'altclip-train\[open_clip\]'"):
+            load_teacher(name)
+    from conftest import distill_overrides
+
+    result = subprocess.run([sys.executable, "-m", "altclip_train", "distill",
+                             *distill_overrides(tmp_path / "oc", tiny_student, parallel_dir, tmp_path / "run")],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "open_clip extra" in result.stderr and "Traceback" not in result.stderr
