@@ -18,7 +18,9 @@ from launching import cli_command, run, run_env
 RUNS = [("contrastive", "demo_teacher"), ("distill", "demo_distill"), ("contrastive", "demo_contrastive"),
         ("distill", "tiny"), ("contrastive", "tiny"),
         ("distill", "altclip_m9_distill"), ("contrastive", "altclip_m9_contrastive"), ("distill", "add_languages"),
-        ("distill", "siglip_so400m_distill"), ("contrastive", "siglip_so400m_contrastive")]
+        ("distill", "siglip_so400m_distill"), ("contrastive", "siglip_so400m_contrastive"),
+        # run by tests/interop/test_open_clip_family.py (needs the open_clip extra: make test-interop)
+        ("distill", "laion_xlmr_vit_h14_distill"), ("contrastive", "laion_xlmr_vit_h14_contrastive")]
 
 
 def test_every_experiment_is_run_end_to_end_below():

@@ -261,3 +261,24 @@ def test_siglip_vision_models_are_refused_in_one_line_for_open_clip_format(tmp_p
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "altclip_siglip"}))
     with pytest.raises(OpenClipExportError, match="SigLIP-vision"):
         export_open_clip(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_laion_recipes_on_a_tiny_open_clip_teacher(oc_teacher, tmp_path):
+    """The experiments `laion_xlmr_vit_h14_{distill,contrastive}` chained on the debug settings, as a user would
+    (tests/test_experiments.py runs every other experiment the same way)."""
+    from altclip_train.assets import tiny_asset
+    from test_experiments import run_experiment
+
+    corpora = ",".join(f"{{lang: {lang}, path: '{tiny_asset('data')}/parallel/{lang}.tsv'}}" for lang in ("zh", "ja"))
+    run_experiment("distill", "laion_xlmr_vit_h14_distill", tmp_path / "distill.log", f"run_dir={tmp_path / 'p1'}",
+                   f"model.teacher={oc_teacher}", f"model.student={tiny_asset('student')}", f"data.corpora=[{corpora}]")
+    assert (tmp_path / "p1" / "final" / "config.json").is_file()
+    run_experiment("contrastive", "laion_xlmr_vit_h14_contrastive", tmp_path / "contrastive.log",
+                   f"run_dir={tmp_path / 'p2'}", f"model.model.teacher={oc_teacher}",
+                   f"data.shards={tiny_asset('shards')}")
+    final = tmp_path / "p2" / "final"
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{final}")
+    assert type(model).__name__ == "CustomTextCLIP"
+    card = (final / "README.md").read_text(encoding="utf-8")
+    assert "`open_clip`" in card and "local-dir:" in card
