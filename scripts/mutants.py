@@ -73,7 +73,7 @@ T_UNK = ("tests/test_tiny.py::test_unk_rate_counts_unknown_tokens_only",)
 
 LOSSES, TRAIN = "altclip_train/losses.py", "altclip_train/train.py"
 PARALLEL, DISTILL = "altclip_train/data/parallel.py", "altclip_train/tasks/distill.py"
-CLIP_TEACHER, OLD_TEACHER = "altclip_train/models/teachers/clip.py", "altclip_train/models/teacher.py"
+CLIP_TEACHER = "altclip_train/models/teachers/clip.py"
 IMAGES = "altclip_train/data/images.py"
 LOOP_LR = ("            state.batch_in_epoch += 1\n            for group in optimizer.param_groups:\n"
            "                group[\"lr\"] = cfg.optim.lr * lr_factor(state.step, total_steps, cfg.optim)")
@@ -168,10 +168,6 @@ MUTANTS: tuple[Mutant, ...] = (
            (("pooled = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output",
              "pooled = self.model.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]"),),
            T_TARGET, "the target pooled at <|startoftext|> instead of end-of-text"),
-    Mutant("target-first-token-old-layout", OLD_TEACHER,
-           (("return self.model(input_ids=input_ids, attention_mask=attention_mask).pooler_output.float()",
-             "return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0].float()"),),
-           T_TARGET, "as target-first-token, for the teacher module before the teachers/ rewrite"),
     Mutant("target-by-pair-row", PARALLEL, (("embeds = torch.from_numpy(np.asarray(self.teacher[sources], dtype=np.float16))",
                                              "embeds = torch.from_numpy(np.asarray(self.teacher[rows], dtype=np.float16))"),),
            T_TARGET, "cached targets looked up by pair row instead of English source row"),
@@ -209,8 +205,8 @@ MUTANTS: tuple[Mutant, ...] = (
                                                         "distances = torch.cdist(student, teacher[: len(unique_sources)])"),),
            T_ACCURACY, "candidate vectors not aligned with the source ids they are labelled with"),
     # ---- phase-1 data and documented options
-    Mutant("weight-ignored", PARALLEL, (("corpus_weights = [self.specs[group[\"corpus\"]].weight for group in self.store.groups]",
-                                         "corpus_weights = [1.0 for group in self.store.groups]"),),
+    Mutant("weight-ignored", PARALLEL, (("[self.specs[self.store.groups[i][\"corpus\"]].weight for i in chosen]",
+                                         "[1.0 for i in chosen]"),),
            T_WEIGHT, "per-corpus weight: never reaches the plan"),
     Mutant("weight-rounded", "altclip_train/data/batching.py", (("rows.extend([group] * int(whole))",
                                                                  "rows.extend([group] * int(round(weight)))"),),
