@@ -205,3 +205,28 @@ def test_a_caption_longer_than_the_text_tower_trains_like_any_other(tiny_teacher
     assert len(losses) == 2 and all(np.isfinite(losses)) and val and np.isfinite(val[-1])
     # train() installs its own log handler (on stderr), so the announcement is read from there.
     assert f"max length {configured} is more than the model holds; tokenising to at most 64" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigmoid_loss_on_a_clip_teacher_trains_and_its_bias_survives_export(tiny_teacher, phase1_dir, pair_shards,
+                                                                           tmp_path):
+    """`model.loss=sigmoid` on an AltCLIPModel (which has no bias of its own): the bias the task adds trains,
+    is checkpointed, and reaches the export's `config.logit_bias`; checkpoint and final exports agree."""
+    from safetensors.torch import load_file
+
+    from altclip_train.export import main as export_main
+
+    run_dir = tmp_path / "run"
+    final = run_contrastive(*contrastive_overrides(tiny_teacher, phase1_dir, pair_shards, run_dir,
+                                                   "model.loss=sigmoid", "trainer.max_steps=3"))
+    state = load_file(run_dir / "checkpoints" / "step-00000003" / "model.safetensors")
+    trained_bias = state["logit_bias"].item()
+    assert trained_bias != pytest.approx(-10.0, abs=1e-6)  # it moved from SigLIP's initial -10
+    assert state["model.logit_scale"].item() != pytest.approx(2.302585, abs=1e-6)
+    exported = AltCLIPModel.from_pretrained(final)
+    assert exported.config.logit_bias == pytest.approx(trained_bias, rel=1e-6)
+    assert exported.logit_scale.item() == pytest.approx(state["model.logit_scale"].item(), rel=1e-6)
+    losses = [m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert export_main([str(run_dir / "checkpoints" / "step-00000003"), "--output", str(tmp_path / "again")]) == 0
+    assert AltCLIPModel.from_pretrained(tmp_path / "again").config.logit_bias == pytest.approx(trained_bias, rel=1e-6)
