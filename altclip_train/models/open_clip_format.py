@@ -16,6 +16,10 @@ hidden state, and one `linear` projection `text_projection @ transformation`, th
 LayerNorm's shift. The result equals AltCLIP's embedding up to LayerNorm's epsilon (about 1e-6 relative); the
 bias fold is exact when the embedding width is at most XLM-R's hidden size, and refused in one line otherwise.
 
+Vision towers: an open_clip teacher's `visual` as it is; a transformers CLIP tower mapped onto open_clip's
+`VisionTransformer` (OpenAI layout); a SigLIP tower onto the timm SigLIP model open_clip builds by name, chosen by
+exact shapes, activation and LayerNorm eps.
+
 `hf_model_name` / `hf_tokenizer_name` name where the XLM-R config and tokenizer live: the export dir's absolute
 path locally, the repo id in a copy made for `--push-to-hub` (`point_text_tower_at`).
 """
@@ -119,7 +123,7 @@ def write_open_clip_dir(output_dir: str | Path, *, embed_dim: int, vision_cfg: d
     model_cfg = {**(extra_model_cfg or {}), "embed_dim": int(embed_dim), "vision_cfg": vision_cfg,
                  "text_cfg": text_cfg}
     if logit_bias is not None:
-        model_cfg["init_logit_bias"] = float(logit_bias.reshape(()))
+        model_cfg["init_logit_bias"] = float(logit_bias.detach().reshape(()))
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     if provenance:
         config["altclip_train"] = provenance
@@ -208,6 +212,111 @@ def clip_preprocess_cfg(processor) -> dict:
             "fill_color": 0}
 
 
+# ------------------------------------------------------------------------ transformers SigLIP vision -> open_clip
+def siglip_vision_to_timm(vision_model) -> dict[str, torch.Tensor]:
+    """timm `VisionTransformer` (attention-pool `map` head) weights equal to a transformers SiglipVisionModel."""
+    config = vision_model.config
+    source = {key.removeprefix("vision_model."): value.detach().float()
+              for key, value in vision_model.state_dict().items()}
+    width = config.hidden_size
+    state = {"patch_embed.proj.weight": source["embeddings.patch_embedding.weight"],
+             "patch_embed.proj.bias": source["embeddings.patch_embedding.bias"],
+             "pos_embed": source["embeddings.position_embedding.weight"].unsqueeze(0),
+             "norm.weight": source["post_layernorm.weight"], "norm.bias": source["post_layernorm.bias"]}
+    for i in range(config.num_hidden_layers):
+        ours, theirs = f"blocks.{i}.", f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            state[f"{ours}attn.qkv.{kind}"] = torch.cat([source[f"{theirs}self_attn.{p}_proj.{kind}"] for p in "qkv"])
+            for theirs_name, ours_name in (("self_attn.out_proj", "attn.proj"), ("layer_norm1", "norm1"),
+                                           ("layer_norm2", "norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+                state[f"{ours}{ours_name}.{kind}"] = source[f"{theirs}{theirs_name}.{kind}"]
+    state["attn_pool.latent"] = source["head.probe"]
+    for kind in ("weight", "bias"):
+        packed = source[f"head.attention.in_proj_{kind}"]
+        state[f"attn_pool.q.{kind}"], state[f"attn_pool.kv.{kind}"] = packed[:width], packed[width:]
+        for theirs_name, ours_name in (("attention.out_proj", "proj"), ("layernorm", "norm"), ("mlp.fc1", "mlp.fc1"),
+                                       ("mlp.fc2", "mlp.fc2")):
+            state[f"attn_pool.{ours_name}.{kind}"] = source[f"head.{theirs_name}.{kind}"]
+    return state
+
+
+def timm_siglip_name(state: dict[str, torch.Tensor], image_size: int, candidates: list[str] | None = None) -> str:
+    """The timm SigLIP model (attention-pool head) whose weights have exactly these names and shapes."""
+    import timm
+
+    wanted = {key: tuple(value.shape) for key, value in state.items()}
+    shaped_alike = []
+    for name in candidates or timm.list_models("*siglip*"):
+        if "gap" in name:
+            continue
+        with torch.device("meta"):
+            try:
+                model = timm.create_model(name, num_classes=0, global_pool="map")
+            except Exception:  # noqa: BLE001 - a candidate that does not build with these options is no match
+                continue
+        shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        if shapes != wanted or tuple(model.patch_embed.img_size) != (image_size, image_size):
+            continue
+        # Same shapes are not the same function: SigLIP's MLPs use tanh-GELU, and some timm SigLIP definitions
+        # (vit_base_patch16_siglip_224) build exact GELU; those would give other embeddings.
+        acts = [model.blocks[0].mlp.act, model.attn_pool.mlp.act]
+        if all(is_tanh_gelu(act) for act in acts) and abs(model.norm.eps - 1e-6) < 1e-12:
+            return name
+        shaped_alike.append(name)
+    more = f"; {', '.join(shaped_alike)} match the shapes but not tanh-GELU / eps 1e-6" if shaped_alike else ""
+    raise OpenClipExportError(f"open_clip format: no timm SigLIP model computes this vision tower ({len(state)} "
+                              f"tensors, {image_size} px){more}; open_clip holds SigLIP towers as timm models")
+
+
+def is_tanh_gelu(act) -> bool:
+    return "tanh" in type(act).__name__.lower() or getattr(act, "approximate", None) == "tanh"
+
+
+def siglip_preprocess_cfg(processor) -> dict:
+    """open_clip's `preprocess_cfg` for a SiglipImageProcessor (resize to a square, no crop)."""
+    from PIL import Image
+
+    height = getattr(processor.size, "height", None) if not isinstance(processor.size, dict) else processor.size.get("height")
+    width = getattr(processor.size, "width", None) if not isinstance(processor.size, dict) else processor.size.get("width")
+    if height is None or height != width or getattr(processor, "do_center_crop", False):
+        raise OpenClipExportError(f"open_clip format: the image processor resizes to {processor.size}; open_clip "
+                                  f"squashes to one square size")
+    resample = {Image.Resampling.BICUBIC: "bicubic", Image.Resampling.BILINEAR: "bilinear"}.get(
+        Image.Resampling(int(processor.resample)))
+    if resample is None:
+        raise OpenClipExportError(f"open_clip format: resample {processor.resample} has no open_clip equivalent")
+    return {"size": int(height), "mode": "RGB", "mean": [float(x) for x in processor.image_mean],
+            "std": [float(x) for x in processor.image_std], "interpolation": resample, "resize_mode": "squash",
+            "fill_color": 0}
+
+
+def export_altclip_siglip_model(model_dir: str | Path, output_dir: str | Path,
+                                timm_candidates: list[str] | None = None) -> Path:
+    """An `AltCLIPSiglipModel` dir (SigLIP teacher) -> open_clip format, its vision tower as open_clip's timm one."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from altclip_train.models.altclip_siglip import AltCLIPSiglipModel
+
+    model = AltCLIPSiglipModel.from_pretrained(str(model_dir)).eval()
+    vision = model.vision_model.config
+    if vision.hidden_act != "gelu_pytorch_tanh" or abs(vision.layer_norm_eps - 1e-6) > 1e-12:
+        raise OpenClipExportError(f"open_clip format: SigLIP vision with {vision.hidden_act} / eps "
+                                  f"{vision.layer_norm_eps} (timm's SigLIP towers use gelu_tanh, eps 1e-6)")
+    state = siglip_vision_to_timm(model.vision_model)
+    name = timm_siglip_name(state, vision.image_size, timm_candidates)
+    vision_cfg = {"image_size": vision.image_size, "timm_model_name": name, "timm_model_pretrained": False,
+                  "timm_pool": "map", "timm_proj": "none"}
+    processor = AutoImageProcessor.from_pretrained(str(model_dir), backend="pil")
+    return write_open_clip_dir(
+        output_dir, embed_dim=model.config.projection_dim, vision_cfg=vision_cfg,
+        visual_state={f"trunk.{key}": value for key, value in state.items()}, text_model=model.text_model,
+        projection_weight=model.text_projection.weight, projection_bias=model.text_projection.bias,
+        logit_scale=model.logit_scale, logit_bias=model.logit_bias, preprocess_cfg=siglip_preprocess_cfg(processor),
+        tokenizer=AutoTokenizer.from_pretrained(str(model_dir)),
+        context_length=text_context_length(model.config.text_config),
+        provenance={"converted_from": "AltCLIPSiglipModel"})
+
+
 def export_altclip_model(model_dir: str | Path, output_dir: str | Path) -> Path:
     """A transformers `AltCLIPModel` dir (CLIP-vision teacher) -> open_clip format."""
     from transformers import AltCLIPModel, AutoImageProcessor, AutoTokenizer
@@ -235,7 +344,7 @@ def text_context_length(text_config) -> int:
     return int(min(CONTEXT_LENGTH, getattr(text_config, "max_position_embeddings", 514) - 2))
 
 
-def export_open_clip(model_dir: str | Path, output_dir: str | Path) -> Path:
+def export_open_clip(model_dir: str | Path, output_dir: str | Path, timm_candidates: list[str] | None = None) -> Path:
     """Any of our phase-2 model dirs -> open_clip format in `output_dir`, or a one-line refusal."""
     model_dir = Path(model_dir)
     if (model_dir / CONFIG_FILE).is_file():
@@ -245,8 +354,6 @@ def export_open_clip(model_dir: str | Path, output_dir: str | Path) -> Path:
     if model_type == "altclip":
         return export_altclip_model(model_dir, output_dir)
     if model_type == "altclip_siglip":
-        raise OpenClipExportError(f"{model_dir}: open_clip format for SigLIP-vision models (open_clip keeps them as "
-                                  f"timm towers) is not written yet; this model's own format loads in plain "
-                                  f"transformers (trust_remote_code=True)")
+        return export_altclip_siglip_model(model_dir, output_dir, timm_candidates)
     raise OpenClipExportError(f"{model_dir}: model_type {model_type!r} is not a phase-2 model (expected altclip, "
                               f"altclip_siglip, or an open_clip-format dir)")

@@ -255,12 +255,10 @@ def test_a_clip_teacher_run_exports_to_open_clip_format_with_equal_embeddings(ti
     # offset where transformers floors it, so pixels may differ by one crop row on odd margins).
     processor = AutoImageProcessor.from_pretrained(altclip_dir)
     assert list(preprocess(images[0]).shape[1:]) == [processor.crop_size.height, processor.crop_size.width]
+    theirs = processor(images=images, return_tensors="pt")["pixel_values"]
+    print("CLIP pixels, open_clip preprocess vs CLIPImageProcessor: max |d|", (theirs - pixels).abs().max().item())
 
 
-def test_siglip_vision_models_are_refused_in_one_line_for_open_clip_format(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "altclip_siglip"}))
-    with pytest.raises(OpenClipExportError, match="SigLIP-vision"):
-        export_open_clip(tmp_path, tmp_path / "out")
 
 
 @pytest.mark.slow
@@ -282,3 +280,76 @@ def test_laion_recipes_on_a_tiny_open_clip_teacher(oc_teacher, tmp_path):
     assert type(model).__name__ == "CustomTextCLIP"
     card = (final / "README.md").read_text(encoding="utf-8")
     assert "`open_clip`" in card and "local-dir:" in card
+
+
+def register_tiny_timm_siglip(image_size: int, patch: int, width: int, heads: int, name: str) -> str:
+    """A timm SigLIP definition of the tiny SigLIP's size (timm's own are ViT-B and up), registered in this
+    process so open_clip's TimmModel can build it by name."""
+    import timm
+    from timm.models import register_model
+    from timm.models.vision_transformer import VisionTransformer
+
+    if name not in timm.list_models(name):
+        def build(pretrained=False, **kwargs):
+            settings = dict(img_size=image_size, patch_size=patch, embed_dim=width, depth=2, num_heads=heads,
+                            mlp_ratio=2.0, class_token=False, global_pool="map", act_layer="gelu_tanh")
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+            return VisionTransformer(**{**settings, **kwargs})
+
+        build.__name__ = name
+        register_model(build)
+    return name
+
+
+@pytest.mark.slow
+def test_a_siglip_teacher_run_exports_to_open_clip_format_with_equal_embeddings(tiny_student, tmp_path):
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from altclip_train.models.altclip_siglip import AltCLIPSiglipModel
+    from altclip_train.models.assemble import save_assembled
+    from altclip_train.models.tiny import SAMPLE_SENTENCES, build_tiny_siglip
+
+    teacher = build_tiny_siglip(tmp_path / "siglip", SAMPLE_SENTENCES)
+    phase1 = DistillTask(str(teacher), str(tiny_student)).export(tmp_path / "p1")
+    model_dir = save_assembled(str(teacher), str(phase1), tmp_path / "altclip_siglip")
+    model = AltCLIPSiglipModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():  # trained-looking: biases everywhere in the text head
+        model.text_projection.bias.normal_()
+        model.text_model.transformation.bias.normal_()
+    model.save_pretrained(model_dir)
+    exact = register_tiny_timm_siglip(32, 8, 48, 4, "vit_tiny_test_siglip_32")
+    out = export_open_clip(model_dir, tmp_path / "oc", timm_candidates=[exact])
+    oc, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    oc.eval()
+    texts = [SAMPLE_CAPTIONS["en"][0], SAMPLE_CAPTIONS["zh"][1], SAMPLE_CAPTIONS["fr"][2]]
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in IMAGE_SIZES[:4]]
+    pixels = torch.stack([preprocess(image) for image in images])
+    tokens = AutoTokenizer.from_pretrained(model_dir)(texts, padding=True, return_tensors="pt")
+    text, image = embeddings(model, tokens, pixels)
+    with torch.no_grad():
+        their_text = oc.encode_text(open_clip.get_tokenizer(f"local-dir:{out}")(texts))
+        their_image = oc.encode_image(pixels)
+    print("AltCLIPSiglipModel -> open_clip parity: text max |d|", (their_text - text).abs().max().item(),
+          "image max |d|", (their_image - image).abs().max().item())
+    torch.testing.assert_close(their_text, text, atol=1e-4, rtol=0)
+    torch.testing.assert_close(their_image, image, atol=1e-4, rtol=0)
+    assert oc.logit_bias.item() == pytest.approx(model.logit_bias.item())
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    theirs = processor(images=images, return_tensors="pt")["pixel_values"]
+    print("SigLIP pixels, open_clip preprocess vs SiglipImageProcessor: max |d|", (theirs - pixels).abs().max().item())
+
+    # A timm definition of the same shapes but exact GELU (as timm's vit_base_patch16_siglip_224 is) is refused.
+    import timm
+    from timm.models import register_model
+    from timm.models.vision_transformer import VisionTransformer
+
+    if "vit_tiny_test_siglip_exact_gelu" not in timm.list_models("vit_tiny_test_siglip_exact_gelu"):
+        def vit_tiny_test_siglip_exact_gelu(pretrained=False, **kwargs):
+            settings = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, mlp_ratio=2.0,
+                            class_token=False, global_pool="map")
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+            return VisionTransformer(**{**settings, **kwargs})
+        register_model(vit_tiny_test_siglip_exact_gelu)
+    with pytest.raises(OpenClipExportError, match="match the shapes but not tanh-GELU"):
+        export_open_clip(model_dir, tmp_path / "oc2", timm_candidates=["vit_tiny_test_siglip_exact_gelu"])
