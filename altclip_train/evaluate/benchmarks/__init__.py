@@ -12,7 +12,8 @@
 | imagenet1k      | classification | `imagenet1k`         | CLIP_benchmark's class-name JSONs  |
 
 Each module's docstring gives its layout under `data_root`; `benchmark_options.<name>` passes a reader its
-options (`root`, `images`, `languages`, ...). Readers only read files; `evaluate.BenchmarkEvaluator` scores a
+options (`root`, `images`, `languages`, ...); `codes` lists the language codes each one reads (CLIP_benchmark's)
+and how they map to the ISO 639-1 codes of the report. Readers only read files; `evaluate.BenchmarkEvaluator` scores a
 model and `results.write_clip_benchmark_results` writes CLIP_benchmark's results JSON.
 """
 

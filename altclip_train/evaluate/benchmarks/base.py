@@ -11,7 +11,8 @@ A reader turns a benchmark's released files into one of two plain descriptions, 
 
 Entries whose image file is missing are counted in `skipped` (CLIP_benchmark drops them with a warning too).
 Language codes are those we report; `native_codes` maps them back to the code CLIP_benchmark uses in its results
-(XTD10's Japanese file is `test_1kcaptions_jp.txt`: we report `ja` and write `jp` in its results JSON).
+(XTD10's Japanese file is `test_1kcaptions_jp.txt`: we report `ja` and write `jp` in its results JSON); `codes.py`
+lists each benchmark's codes and the mapping.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ The release layout (captions.zip and images.tgz, unpacked):
 
 CLIP_benchmark scores each image with the first caption of each language; `all_captions: true` uses every
 caption instead (an image then counts as found when any of its captions ranks it, as for COCO). Languages keep the
-dataset's codes (`fil`, `mi`, `quz` among them). Options: `root`, `images`, `languages`, `all_captions`.
+dataset's codes, which are CLIP_benchmark's (`codes.XM3600_CODES`: `fil`, `mi`, `quz` among them); a row with any
+other key is refused in one line naming the file and line. Options: `root`, `images`, `languages`, `all_captions`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from altclip_train.evaluate.benchmarks.base import RetrievalBenchmark, benchmark_dir, select_languages
+from altclip_train.evaluate.benchmarks.codes import XM3600_CODES, check_code
 
 CAPTIONS_FILE = "captions.jsonl"
 KEY_FIELDS = ("image/key", "image/locale")
@@ -36,6 +38,10 @@ def read_captions(path: Path) -> list[dict]:
                 raise ValueError(f"{path}:{number}: bad JSON: {error}") from error
             if not isinstance(row, dict) or "image/key" not in row:
                 raise ValueError(f"{path}:{number}: expected an object with 'image/key'")
+            for key in row:
+                if key not in KEY_FIELDS:
+                    check_code(key, XM3600_CODES, f"{path}:{number}", "xm3600",
+                               "CLIP_benchmark's 36 Crossmodal-3600 codes, as in datasets/crossmodal3600.py")
             rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no images")

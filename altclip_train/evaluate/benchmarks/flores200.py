@@ -8,8 +8,12 @@ line i describing the image on line i of the index, and the images in `images/`:
         <flores code>.txt                          <flores code>.txt
         images/<file name>                         images/<file name>
 
-Languages keep their FLORES-200 codes, in the report and in CLIP_benchmark's results JSON alike.
-Options: `root`, `images`, `languages`.
+The files read are CLIP_benchmark's: `<code>.txt` for each FLORES-200 code in its `datasets/flores_langs.py`
+(201 codes, `codes.FLORES200_CODES`). NLLB-CLIP's Flickr30k-200 folder also ships `eng_captions.txt`, the English
+source the translations were made from (a byte-for-byte copy of `eng_Latn.txt`): it is not a language and is not
+read. Any other `.txt` file whose name is not a FLORES-200 code is refused in one line naming it (a misspelt code
+would otherwise vanish from the table). Languages keep their FLORES-200 codes, in the report and in
+CLIP_benchmark's results JSON alike. Options: `root`, `images`, `languages`.
 """
 
 from __future__ import annotations
@@ -24,12 +28,26 @@ from altclip_train.evaluate.benchmarks.base import (
     read_lines,
     select_languages,
 )
+from altclip_train.evaluate.benchmarks.codes import FLORES200_CODES, check_code
 
 LAYOUTS = {
     # name: (folder names, index file, CLIP_benchmark dataset name)
     "flickr30k_200": (["flickr30k-200", "flickr30k_200"], "filenames.txt", "flickr30k-200"),
     "xtd200": (["xtd200", "XTD200"], "test_image_names.txt", "xtd200"),
 }
+# Text files of the releases that are not captions in a language of their own.
+NOT_LANGUAGES = {"eng_captions.txt"}
+FLORES_HINT = "FLORES-200 codes such as eng_Latn or zho_Hans, as in CLIP_benchmark's datasets/flores_langs.py"
+
+
+def caption_files(directory: Path, index_file: str, name: str) -> dict[str, Path]:
+    """FLORES-200 code -> caption file; the index and `eng_captions.txt` are not languages, anything else must be."""
+    files = {}
+    for path in sorted(directory.glob("*.txt")):
+        if path.name == index_file or path.name in NOT_LANGUAGES:
+            continue
+        files[check_code(path.stem, FLORES200_CODES, path, name, FLORES_HINT)] = path
+    return files
 
 
 def read_flores200(name: str, data_root=None, root=None, images=None, languages=None) -> RetrievalBenchmark:
@@ -39,7 +57,7 @@ def read_flores200(name: str, data_root=None, root=None, images=None, languages=
     images_dir = Path(images) if images else directory / "images"
     if not images_dir.is_dir():
         raise FileNotFoundError(f"benchmark {name}: image folder {images_dir} not found (unpack images.tar.gz there)")
-    files = {path.stem: path for path in sorted(directory.glob("*.txt")) if path.name != index_file}
+    files = caption_files(directory, index_file, name)
     if not files:
         raise FileNotFoundError(f"benchmark {name}: no <flores code>.txt caption files in {directory}")
     chosen = select_languages(list(files), None if languages is None else list(languages), f"{name} ({directory})")

@@ -9,8 +9,10 @@ Copy them (or point `classnames_dir` at that folder) next to the ImageNet valida
         <code>_zeroshot_classification_templates.json  (key "imagenet1k"; missing keys fall back to it, as there)
         val/<wnid>/*.JPEG
 
-Every language with both files is evaluated; `jp` and `cn` are reported as `ja` and `zh` (ISO 639-1), and written
-back as `jp`/`cn` in CLIP_benchmark's results JSON. Options: `root`, `images`, `languages`, `classnames_dir`,
+Every language with both files is evaluated. A code is CLIP_benchmark's `jp` or `cn`, or any ISO 639-1 code (its
+`--language xx` reads `xx_classnames.json`, so a file added for another language works in both tools); any other
+name, or two files for one language (`jp_` and `ja_`), is refused in one line naming the file. `jp` and `cn` are
+reported as `ja` and `zh` (ISO 639-1), and written back as `jp`/`cn` in CLIP_benchmark's results JSON. Options: `root`, `images`, `languages`, `classnames_dir`,
 `key` (the dataset key in the JSON files, default imagenet1k).
 """
 
@@ -26,23 +28,30 @@ from altclip_train.evaluate.benchmarks.base import (
     normalise_template,
     select_languages,
 )
+from altclip_train.evaluate.benchmarks.codes import CLIP_BENCHMARK_ISO, ISO_639_1, check_code
 from altclip_train.evaluate.benchmarks.imagenet import labelled_images, locate_val_folder
 
 CLASSNAMES_SUFFIX = "_classnames.json"
 TEMPLATES_SUFFIX = "_zeroshot_classification_templates.json"
 TEMPLATE_FALLBACK = "imagenet1k"
 # CLIP_benchmark's file codes that are not ISO 639-1.
-ISO_CODES = {"jp": "ja", "cn": "zh"}
+ISO_CODES = CLIP_BENCHMARK_ISO
+KNOWN_CODES = ISO_639_1 | set(ISO_CODES)
 
 
 def language_files(directory: Path) -> dict[str, tuple[str, Path, Path]]:
     """ISO language -> (file code, class-name file, template file), for codes that have both files."""
     found = {}
     for names in sorted(directory.glob(f"*{CLASSNAMES_SUFFIX}")):
-        code = names.name[: -len(CLASSNAMES_SUFFIX)]
+        code = check_code(names.name[: -len(CLASSNAMES_SUFFIX)], KNOWN_CODES, names, "imagenet1k",
+                          "an ISO 639-1 code, or CLIP_benchmark's jp or cn")
         templates = directory / f"{code}{TEMPLATES_SUFFIX}"
         if templates.is_file():
-            found[ISO_CODES.get(code, code)] = (code, names, templates)
+            iso = ISO_CODES.get(code, code)
+            if iso in found:
+                raise ValueError(f"benchmark imagenet1k: {names} and {found[iso][1]} both hold {iso} class names; "
+                                 f"keep one")
+            found[iso] = (code, names, templates)
     return found
 
 

@@ -8,8 +8,10 @@ The release layout (Adobe's Cross-lingual-Test-Dataset-XTD10 repository plus its
         images/<file name>                the 1,000 images (images.tar.gz unpacked here)
 
 Caption files may sit in the folder itself or one level down (the repository's XTD10/, MIC/ and STAIR/
-folders), as may the index. The Japanese file is named `jp`; we report it as `ja` (ISO 639-1) and write `jp` in
-CLIP_benchmark's results JSON. Options: `root` (the folder), `images` (the image folder), `languages`.
+folders), as may the index. The file codes read are CLIP_benchmark's 11 (`codes.XTD10_CODES`); any other
+`test_1kcaptions_<code>.txt` is refused in one line naming it. The Japanese file is named `jp`; we report it as
+`ja` (ISO 639-1) and write `jp` in CLIP_benchmark's results JSON. Options: `root` (the folder), `images` (the image
+folder), `languages`.
 """
 
 from __future__ import annotations
@@ -25,18 +27,20 @@ from altclip_train.evaluate.benchmarks.base import (
     read_lines,
     select_languages,
 )
+from altclip_train.evaluate.benchmarks.codes import CLIP_BENCHMARK_ISO, XTD10_CODES, check_code
 
 INDEX_FILE = "test_image_names.txt"
 CAPTION_PREFIX = "test_1kcaptions_"
 # File code -> ISO 639-1.
-ISO_CODES = {"jp": "ja"}
+ISO_CODES = {code: iso for code, iso in CLIP_BENCHMARK_ISO.items() if code in XTD10_CODES}
+XTD10_HINT = f"CLIP_benchmark's XTD10 codes are {', '.join(XTD10_CODES)}; Japanese is jp"
 
 
 def caption_files(directory: Path) -> dict[str, Path]:
     """ISO language -> caption file, from the folder and its sub-folders (first found wins)."""
     files: dict[str, Path] = {}
     for path in sorted(directory.glob(f"{CAPTION_PREFIX}*.txt")) + sorted(directory.glob(f"*/{CAPTION_PREFIX}*.txt")):
-        code = path.stem[len(CAPTION_PREFIX):]
+        code = check_code(path.stem[len(CAPTION_PREFIX):], XTD10_CODES, path, "xtd10", XTD10_HINT)
         files.setdefault(ISO_CODES.get(code, code), path)
     return files
 
