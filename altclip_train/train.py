@@ -337,7 +337,10 @@ def run_training(cfg: DictConfig) -> Path:
         if language_roles:
             from altclip_train.evaluate.forgetting import write_forgetting_report
 
-            write_forgetting_report(run_dir, language_roles)
+            try:
+                write_forgetting_report(run_dir, language_roles)
+            except ValueError as error:  # e.g. phase 2 with no evaluator: nothing per language to compare
+                log.warning("no forgetting report: %s", error)
         if skipped:
             log.warning("skipped samples: %s", dict(skipped))
         metrics_log.log({f"skipped/{k}": float(v) for k, v in skipped.items()}, state.step)

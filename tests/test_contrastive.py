@@ -230,3 +230,71 @@ def test_sigmoid_loss_on_a_clip_teacher_trains_and_its_bias_survives_export(tiny
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert export_main([str(run_dir / "checkpoints" / "step-00000003"), "--output", str(tmp_path / "again")]) == 0
     assert AltCLIPModel.from_pretrained(tmp_path / "again").config.logit_bias == pytest.approx(trained_bias, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_phase2_continues_an_earlier_phase2_model_whole_and_refuses_a_foreign_image_side(
+        tiny_teacher, phase1_dir, pair_shards, tmp_path):
+    """model.model.student=<a phase-2 model> (an earlier final/, BAAI/AltCLIP-m9): the new run starts from that
+    model's own text projection and logit scale, not from the teacher's, and its sigmoid bias carries over."""
+    from altclip_train.models.teachers import UnsupportedTeacherError
+
+    first = run_contrastive(*contrastive_overrides(tiny_teacher, phase1_dir, pair_shards, tmp_path / "first",
+                                                   "model.loss=sigmoid", "trainer.max_steps=3"))
+    earlier = AltCLIPModel.from_pretrained(first)
+    continued = assemble(str(tiny_teacher), str(first))
+    for key, tensor in earlier.state_dict().items():
+        assert torch.equal(continued.state_dict()[key], tensor), key
+    fresh = assemble(str(tiny_teacher), str(phase1_dir))
+    assert not torch.equal(fresh.text_projection.weight, continued.text_projection.weight)
+
+    task = compose_config("contrastive", contrastive_overrides(tiny_teacher, first, pair_shards, tmp_path / "second",
+                                                               "model.loss=sigmoid"))
+    from hydra.utils import instantiate
+
+    second = instantiate(task.model, _convert_="all")
+    assert second.logit_bias.item() == pytest.approx(earlier.config.logit_bias)
+    assert second.model.logit_scale.item() == pytest.approx(earlier.logit_scale.item())  # not reset to log 10
+
+    other = build_tiny_clip(tmp_path / "other_teacher", SAMPLE_SENTENCES, seed=7)
+    with pytest.raises(UnsupportedTeacherError, match="its image side is not teacher"):
+        assemble(str(other), str(first))
+
+
+@pytest.mark.slow
+def test_a_phase2_run_growing_new_languages_writes_the_forgetting_report(tiny_teacher, phase1_dir, pair_shards,
+                                                                         tmp_path):
+    """data.new_languages: the evaluator runs before the first step and at the end, and forgetting.json holds
+    its per-language zero-shot accuracy, old and new languages apart."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from altclip_train.assets import tiny_asset
+
+    data = tiny_asset("data")
+    cfg = compose_config("contrastive", contrastive_overrides(
+        tiny_teacher, phase1_dir, pair_shards, tmp_path / "run", "trainer.max_steps=2", "data.new_languages=[ja]"))
+    OmegaConf.update(cfg, "model.evaluator", {
+        "_target_": "altclip_train.evaluate.zeroshot.ZeroShotEvaluator", "image_source": f"{data}/images/test",
+        "classnames_dir": f"{data}/eval/classnames", "templates_dir": f"{data}/eval/templates",
+        "languages": ["en", "zh", "ja"], "batch_size": 64,
+        "transform": {"_target_": "altclip_train.data.images.ImagePreprocessor.from_pretrained",
+                      "name_or_path": str(tiny_teacher)},
+        "tokenizer": {"_target_": "transformers.AutoTokenizer.from_pretrained",
+                      "pretrained_model_name_or_path": str(phase1_dir)}}, force_add=True)
+    train(cfg)
+    report = json.loads((tmp_path / "run" / "forgetting.json").read_text())
+    roles = {row["lang"]: row["role"] for row in report["rows"]}
+    assert roles == {"en": "old", "zh": "old", "ja": "new"}
+    metrics = [m for m in read_metrics(tmp_path / "run") if any(k.endswith("/ja") for k in m)]
+    assert metrics[0]["step"] == 0 and metrics[-1]["step"] == 2
+    for row in report["rows"]:
+        key = f"{row['metric']}/{row['lang']}"
+        assert row["before"] == metrics[0][key] and row["after"] == metrics[-1][key]
+    assert (tmp_path / "run" / "forgetting.md").is_file() and (tmp_path / "run" / "forgetting.png").is_file()
+    from altclip_train.data.image_text import ImageTextData
+
+    with pytest.raises(ValueError, match=r"data.new_languages=\['hi'\] are not in data.languages"):
+        ImageTextData(shards=str(pair_shards), tokenizer=str(phase1_dir), image_processor=str(tiny_teacher),
+                      image_model=str(tiny_teacher), languages=["en", "zh"], new_languages=["hi"])

@@ -232,7 +232,7 @@ class ImageTextData:
                  samples_per_epoch: int | None = None, seed: int = 0, image_cache: bool = True,
                  cache_dir: str | None = None, cache_batch_size: int = 256, cache_dtype: str = "float32",
                  trust_remote_code: bool = False, bucket_by_length: bool = True, text_model: str | None = None,
-                 language_temperature: float | None = None):
+                 language_temperature: float | None = None, new_languages: Iterable[str] | None = None):
         if image_cache and not image_model:
             raise ValueError("data.image_cache=true needs data.image_model (the checkpoint whose frozen image "
                              "side makes the cached embeddings)")
@@ -268,10 +268,24 @@ class ImageTextData:
         if language_temperature is not None and float(language_temperature) < 0:
             raise ValueError(f"data.language_temperature must be >= 0 (or null), got {language_temperature}")
         self.language_temperature = None if language_temperature is None else float(language_temperature)
+        self.new_languages = {normalize_lang(lang) for lang in new_languages or ()} - {None}
+        unknown = sorted(self.new_languages - (self.languages or self.new_languages))
+        if unknown:
+            raise ValueError(f"data.new_languages={unknown} are not in data.languages={sorted(self.languages)}")
         if self.balances_languages and self.languages is None:
             raise ValueError("data.language_temperature needs data.languages: the languages to balance")
         self.skipped: Counter = Counter()
         self.balance: LanguageBalance | None = None
+
+    @property
+    def language_roles(self) -> dict[str, str]:
+        """With `data.new_languages` (a run continuing a model to them): `new` for those, `old` for the rest of
+        `data.languages`; the loop then evaluates before the first step and writes the forgetting report from
+        the evaluator's per-language metrics (`model.evaluator`)."""
+        if not self.new_languages:
+            return {}
+        return {lang: "new" if lang in self.new_languages else "old"
+                for lang in sorted((self.languages or set()) | self.new_languages)}
 
     @property
     def balances_languages(self) -> bool:

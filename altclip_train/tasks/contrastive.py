@@ -45,15 +45,19 @@ class ContrastiveTask(Task):
             loss, teacher_options = self.teacher.contrastive_loss if self.teacher is not None else ("clip", {})
             loss_options = {**teacher_options, **(loss_options or {})}
         self.loss = build_contrastive_loss(loss, **(loss_options or {}))
-        own_bias = getattr(self.model, "logit_bias", None)
+        own_bias, saved_bias = getattr(self.model, "logit_bias", None), None
         if self.loss.uses_logit_bias and own_bias is not None:
             # The model carries its teacher's trained bias (and scale): start from them, as SigLIP's authors would.
             self.model.logit_bias = nn.Parameter(own_bias.detach().reshape(1).clone())
             self.logit_bias = None
         else:
-            self.logit_bias = (nn.Parameter(torch.tensor([self.loss.init_logit_bias]))
-                               if self.loss.uses_logit_bias else None)
-        if self.loss.init_logit_scale is not None and self.logit_bias is not None:
+            # A model continued from an earlier sigmoid run keeps the bias that run stored in its config.
+            self.logit_bias = None
+            if self.loss.uses_logit_bias:
+                saved_bias = getattr(getattr(self.model, "config", None), "logit_bias", None)
+                start = self.loss.init_logit_bias if saved_bias is None else float(saved_bias)
+                self.logit_bias = nn.Parameter(torch.tensor([start]))
+        if self.loss.init_logit_scale is not None and self.logit_bias is not None and saved_bias is None:
             # SigLIP starts from its own scale (log 10 with bias -10), not the teacher's softmax temperature.
             with torch.no_grad():
                 self.model.logit_scale.fill_(self.loss.init_logit_scale)

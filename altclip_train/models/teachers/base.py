@@ -201,6 +201,12 @@ class Teacher(ABC):
     def build_contrastive_model(self, student: str) -> nn.Module:
         """The phase-2 two-tower model: this teacher's image side and projections, `student` as text tower."""
 
+    def load_contrastive_model(self, model_dir: str) -> nn.Module:
+        """A phase-2 model of this family saved earlier (to continue it): its whole text side, projection and
+        logit scale included. Families that cannot read their phase-2 format back refuse in one line."""
+        raise UnsupportedTeacherError(f"{model_dir}: continuing phase 2 from a saved model is not supported for "
+                                      f"{self.family} teachers; continue from its phase-1 student instead")
+
     def save_contrastive_model(self, model: nn.Module, output_dir: Path, tokenizer) -> None:
         """Write the phase-2 model as a dir plain transformers loads: weights, tokenizer, this family's processor."""
         model.save_pretrained(output_dir, safe_serialization=True)

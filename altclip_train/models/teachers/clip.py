@@ -158,6 +158,11 @@ class ClipTeacher(Teacher):
             model.logit_scale.copy_(clip.logit_scale)
         return model
 
+    def load_contrastive_model(self, model_dir: str) -> nn.Module:
+        from transformers import AltCLIPModel
+
+        return load_weights_strictly(AltCLIPModel, model_dir).train().requires_grad_(True)
+
     def save_contrastive_model(self, model: nn.Module, output_dir, tokenizer) -> None:
         """The AltCLIPModel with an `AltCLIPProcessor` (XLM-R tokenizer + this CLIP's image processor)."""
         from transformers import AltCLIPProcessor

@@ -203,6 +203,12 @@ class SiglipTeacher(Teacher):
             model.logit_bias.copy_(teacher.logit_bias.reshape(()))
         return model
 
+    def load_contrastive_model(self, model_dir: str) -> nn.Module:
+        from altclip_train.models.altclip_siglip import AltCLIPSiglipModel
+
+        self._fixed_resolution()
+        return load_weights_strictly(AltCLIPSiglipModel, model_dir).train().requires_grad_(True)
+
     def save_contrastive_model(self, model: nn.Module, output_dir: Path, tokenizer) -> None:
         """`save_pretrained` plus the model's code file and `auto_map`, so plain transformers loads it."""
         from altclip_train.models import altclip_siglip
