@@ -1,7 +1,21 @@
 """Load a CLIP or AltCLIP checkpoint for evaluation, and embed texts and images with any such model.
 
 A checkpoint is anything plain `transformers` loads: an exported `AltCLIPModel` directory (XLM-R tokenizer +
-CLIP image processor) or a `CLIPModel` directory or hub id (the teacher). The embedding helpers also take an
+CLIP image processor) or a `CLIPModel` directory or hub id (the teacher); or a model in open_clip's format, read
+by open_clip itself as CLIP_benchmark reads it (`open_clip.create_model_and_transforms(name)` and
+`open_clip.get_tokenizer(name)`):
+
+| path                                   | loaded as                                                          |
+|----------------------------------------|--------------------------------------------------------------------|
+| a dir with `open_clip_config.json`     | `local-dir:DIR` (checked before `config.json`: our open_clip export also holds XLM-R's `config.json`) |
+| `local-dir:DIR`, `hf-hub:ORG/NAME`     | that name                                                          |
+| anything else                          | transformers, by `config.json`'s `model_type`                      |
+
+An open_clip model is evaluated through `OpenClipEvalModel` (`get_text_features` = `encode_text`,
+`get_image_features` = `encode_image`) with `OpenClipEvalTokenizer` (open_clip's tokenizer; rows are laid out at
+its `context_length` again before `encode_text`, so every text is embedded exactly as open_clip embeds it) and
+open_clip's own eval transform (`ImagePreprocessor.from_open_clip` of the `preprocess_cfg` open_clip resolved).
+open_clip is an optional extra, imported only for such a model. The embedding helpers also take an
 in-memory model, so the training loop can evaluate without exporting: anything with `get_text_features` and
 `get_image_features` works, including one wrapped by DDP (`.module`) or held by a Task (`.model`).
 
@@ -13,6 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +37,11 @@ from altclip_train.data.images import ImagePreprocessor
 
 # Below this many batches a progress bar is noise.
 PROGRESS_MIN_BATCHES = 8
+
+
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_PREFIXES = ("local-dir:", "hf-hub:")
+OPEN_CLIP_EXTRA = "pip install 'altclip-train[open_clip]'"
 
 
 @dataclass
@@ -45,13 +65,14 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
 
 
 def load_eval_model(path: str, name: str | None = None, device: str | torch.device = "cpu") -> EvalModel:
-    """Load an AltCLIP, AltCLIP-SigLIP, CLIP or SigLIP checkpoint, picking the class from `config.json`'s model_type.
+    """Load an AltCLIP, AltCLIP-SigLIP, CLIP or SigLIP checkpoint, picking the class from `config.json`'s model_type,
+    or an open_clip-format model with open_clip (see the module docstring).
 
     An AltCLIP-SigLIP export ships its class as remote code; the class is this package's own, so it is loaded
     from here rather than by running the file in the model dir.
     """
-    import json
-    from pathlib import Path
+    if is_open_clip_model(path):
+        return load_open_clip_eval_model(path, name, device)
 
     from transformers import AltCLIPModel, AutoConfig, AutoTokenizer, CLIPModel, SiglipModel
 
@@ -83,9 +104,181 @@ def load_eval_model(path: str, name: str | None = None, device: str | torch.devi
     )
 
 
+# ------------------------------------------------------------------------------------------ open_clip format
+def is_open_clip_model(path: str | Path) -> bool:
+    """A `local-dir:`/`hf-hub:` name, or a dir holding `open_clip_config.json` (whatever else it holds)."""
+    return str(path).startswith(OPEN_CLIP_PREFIXES) or (Path(path) / OPEN_CLIP_CONFIG).is_file()
+
+
+def open_clip_model_name(path: str | Path) -> str:
+    """The name open_clip (and CLIP_benchmark's `--model`) takes for an open_clip-format model."""
+    path = str(path)
+    if path.startswith("hf-hub:"):
+        return path
+    directory = Path(path.removeprefix("local-dir:")).expanduser()
+    if not (directory / OPEN_CLIP_CONFIG).is_file():
+        raise FileNotFoundError(f"{path}: no {OPEN_CLIP_CONFIG} in {directory}")
+    return f"local-dir:{directory.resolve()}"
+
+
+def import_open_clip(path: str | Path):
+    try:
+        import open_clip
+    except ImportError as error:
+        raise ImportError(f"{path} is an open_clip-format model; evaluating it needs open_clip: {OPEN_CLIP_EXTRA} "
+                          f"({error})") from None
+    return open_clip
+
+
+def open_clip_config(path: str | Path) -> dict:
+    """The model's `open_clip_config.json` (downloaded for `hf-hub:` names)."""
+    import json
+
+    name = open_clip_model_name(path)
+    if name.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+
+        file = Path(hf_hub_download(name.removeprefix("hf-hub:"), OPEN_CLIP_CONFIG))
+    else:
+        file = Path(name.removeprefix("local-dir:")) / OPEN_CLIP_CONFIG
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{file}: bad JSON: {error}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_cfg"), dict):
+        raise ValueError(f"{file}: no model_cfg object (not an open_clip model config)")
+    return config
+
+
+def canonical_preprocess_cfg(preprocess_cfg: dict) -> dict:
+    """JSON-plain settings, a square size as one int (open_clip's transform treats (n, n) and n alike)."""
+    import json
+
+    settings = json.loads(json.dumps(dict(preprocess_cfg)))
+    size = settings.get("size")
+    if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
+        settings["size"] = size[0]
+    return settings
+
+
+def open_clip_preprocess_cfg(path: str | Path) -> dict:
+    """The `preprocess_cfg` open_clip resolves for the model, read from its config without loading weights:
+    the file's `preprocess_cfg` merged over `PreprocessCfg()`'s defaults, `size` the vision tower's image size."""
+    from dataclasses import asdict
+
+    import_open_clip(path)
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    config = open_clip_config(path)
+    settings = merge_preprocess_dict(asdict(PreprocessCfg()), config.get("preprocess_cfg") or {})
+    image_size = (config["model_cfg"].get("vision_cfg") or {}).get("image_size")
+    if image_size is not None:  # open_clip takes the size from the vision tower it built
+        settings["size"] = image_size
+    return canonical_preprocess_cfg(settings)
+
+
+def eval_transform(path: str | Path) -> ImagePreprocessor:
+    """The image transform a checkpoint is evaluated with, without loading its weights."""
+    if is_open_clip_model(path):
+        return ImagePreprocessor.from_open_clip(open_clip_preprocess_cfg(path))
+    return ImagePreprocessor.from_pretrained(str(path))
+
+
+class OpenClipEvalTokenizer:
+    """open_clip's tokenizer behind the two calls the evaluators make: `tokenizer(texts, truncation=True,
+    max_length=n)` (each text's ids up to where open_clip's padding starts) and `tokenizer.pad(...)`."""
+
+    def __init__(self, tokenizer, context_length: int, pad_token_id: int):
+        self.tokenizer = tokenizer
+        self.model_max_length = self.context_length = int(context_length)
+        self.pad_token_id = int(pad_token_id)
+
+    def rows(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+        width = min(max_length or self.context_length, self.context_length)
+        full = self.tokenizer(list(texts), context_length=width)
+        real = full != self.pad_token_id
+        lengths = torch.where(real.any(1), width - real.flip(1).int().argmax(1), torch.zeros(len(full), dtype=torch.long))
+        return [row[:length].tolist() for row, length in zip(full, lengths.tolist())]
+
+    def __call__(self, texts, truncation: bool = True, max_length: int | None = None, **_):
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        ids = self.rows(texts, max_length)
+        return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+
+    def pad(self, encoded, padding=True, return_tensors="pt", **_):
+        rows = encoded["input_ids"]
+        ids = torch.full((len(rows), max((len(r) for r in rows), default=0)), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+class OpenClipEvalModel(nn.Module):
+    """An open_clip model behind `get_text_features`/`get_image_features` (its `encode_text`/`encode_image`)."""
+
+    def __init__(self, model: nn.Module, context_length: int, pad_token_id: int):
+        super().__init__()
+        self.model = model
+        self.context_length, self.pad_token_id = int(context_length), int(pad_token_id)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # open_clip's towers read padding from the ids (HF towers) or need the full positional width (its own
+        # TextTransformer): rows are laid out at context_length with the pad id, as open_clip's tokenizer does.
+        if attention_mask is not None:
+            input_ids = input_ids.masked_fill(attention_mask == 0, self.pad_token_id)
+        width = input_ids.shape[1]
+        if width < self.context_length:
+            input_ids = nn.functional.pad(input_ids, (0, self.context_length - width), value=self.pad_token_id)
+        return self.model.encode_text(input_ids[:, : self.context_length])
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixel_values)
+
+
+def open_clip_pad_id(tokenizer) -> int:
+    """open_clip pads with the HF tokenizer's pad id (HFTokenizer) or 0 (its CLIP BPE and the others)."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    pad = getattr(inner, "pad_token_id", None)
+    return 0 if pad is None else int(pad)
+
+
+def load_open_clip_eval_model(path: str, name: str | None = None, device: str | torch.device = "cpu") -> EvalModel:
+    """An open_clip-format model loaded as CLIP_benchmark loads it (`create_model_and_transforms` + `get_tokenizer`)."""
+    open_clip = import_open_clip(path)
+    model_name = open_clip_model_name(path)
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(model_name)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except (RuntimeError, ValueError, KeyError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: open_clip cannot load it: {first}") from error
+    context_length = getattr(tokenizer, "context_length", None) or getattr(model, "context_length", None)
+    if not context_length:
+        raise ValueError(f"{path}: open_clip's tokenizer for it has no context_length")
+    pad_id = open_clip_pad_id(tokenizer)
+    wrapped = OpenClipEvalModel(model, context_length, pad_id).to(resolve_device(device)).eval()
+    preprocess_cfg = getattr(getattr(model, "visual", model), "preprocess_cfg", None)
+    if preprocess_cfg is None:
+        preprocess_cfg = open_clip_preprocess_cfg(path)
+    return EvalModel(
+        name=name or str(path),
+        path=str(path),
+        model_type="open_clip",
+        model=wrapped,
+        tokenizer=OpenClipEvalTokenizer(tokenizer, context_length, pad_id),
+        transform=ImagePreprocessor.from_open_clip(canonical_preprocess_cfg(preprocess_cfg)),
+        max_length=int(context_length),
+    )
+
+
 def text_max_length(model: nn.Module, tokenizer) -> int:
     """Longest input the text tower accepts: its position table, capped by the tokenizer's own limit."""
-    config = encoder_of(model).config
+    encoder = encoder_of(model)
+    if isinstance(encoder, OpenClipEvalModel):
+        return encoder.context_length
+    config = encoder.config
     text_config = getattr(config, "text_config", config)
     limit = text_config.max_position_embeddings
     if text_config.model_type == "altclip_text_model":
