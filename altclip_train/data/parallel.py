@@ -122,6 +122,15 @@ class PairRows(TorchDataset):
         return batch
 
 
+def rows_whose_source_is_not(rows: np.ndarray, pair_source, held: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """`rows` minus those whose English source is marked in `held`, read in chunks of the memory-mapped
+    `pair_source` so a 100M-pair corpus never materialises its source column."""
+    keep = np.empty(len(rows), dtype=bool)
+    for start in range(0, len(rows), chunk):
+        keep[start:start + chunk] = ~held[np.asarray(pair_source[rows[start:start + chunk]])]
+    return rows[keep]
+
+
 class ParallelTextData:
     """Builds phase-1 batches. `setup()` opens (or builds once) the corpus store and the teacher cache."""
 
@@ -261,8 +270,8 @@ class ParallelTextData:
             val_rows.append(np.sort(rows[order[:held_out]]))
             held_sources[np.asarray(self.store.pair_source[val_rows[-1]])] = True
             group_rows.append(rows)
-        train_groups = [np.sort(rows[~held_sources[np.asarray(self.store.pair_source[rows])]])
-                        for rows in group_rows]
+        train_groups = [np.sort(rows_whose_source_is_not(rows, self.store.pair_source, held_sources))
+                        if held_sources.any() else np.sort(rows) for rows in group_rows]
         # New corpora fill each batch; replay corpora (old languages) fill data.replay.fraction of it.
         streams = {}
         for replay in (False, True):
