@@ -157,7 +157,8 @@ def teacher_rows(source: str | None, distill_target: str | None) -> list[tuple[s
 def describe_preprocessing(description: dict) -> str:
     settings = description.get("settings", {})
     parts = [f"`{description.get('class')}` ({description.get('library')})"]
-    for key in ("size", "crop_size", "resample", "image_mean", "image_std"):
+    for key in ("size", "crop_size", "resample", "image_mean", "image_std",  # transformers' names
+                "resize_mode", "interpolation", "mean", "std"):  # open_clip's
         if settings.get(key) is not None:
             parts.append(f"{key} {settings[key]}")
     return ", ".join(parts)

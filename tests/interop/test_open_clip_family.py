@@ -279,7 +279,7 @@ def test_laion_recipes_on_a_tiny_open_clip_teacher(oc_teacher, tmp_path):
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{final}")
     assert type(model).__name__ == "CustomTextCLIP"
     card = (final / "README.md").read_text(encoding="utf-8")
-    assert "`open_clip`" in card and "local-dir:" in card
+    assert "`open_clip`" in card and "local-dir:" in card and "resize_mode shortest" in card
 
 
 def register_tiny_timm_siglip(image_size: int, patch: int, width: int, heads: int, name: str) -> str:
