@@ -193,22 +193,29 @@ def clip_vision_to_open_clip(vision_model, visual_projection, image_processor) -
 
 def clip_preprocess_cfg(processor) -> dict:
     """open_clip's `preprocess_cfg` for a transformers CLIPImageProcessor (shortest-edge resize + square crop)."""
-    from PIL import Image
-
-    def read(sizes, key):  # a dict in older transformers, a SizeDict in newer
-        return sizes.get(key) if isinstance(sizes, dict) else getattr(sizes, key, None)
-
-    size = read(processor.size, "shortest_edge")
-    crop_height, crop_width = read(processor.crop_size, "height"), read(processor.crop_size, "width")
+    size = size_field(processor.size, "shortest_edge")
+    crop_height, crop_width = size_field(processor.crop_size, "height"), size_field(processor.crop_size, "width")
     if size is None or crop_height != size or crop_width != size or not processor.do_center_crop:
         raise OpenClipExportError(f"open_clip format: the image processor resizes to {processor.size} and crops "
                                   f"{processor.crop_size}; open_clip's preprocess resizes and crops to one size")
+    return preprocess_cfg_of(processor, size, "shortest")
+
+
+def size_field(sizes, key: str):
+    """A field of an image processor's size: a dict in older transformers, a SizeDict in newer."""
+    return sizes.get(key) if isinstance(sizes, dict) else getattr(sizes, key, None)
+
+
+def preprocess_cfg_of(processor, size: int, resize_mode: str) -> dict:
+    """open_clip's `preprocess_cfg`: `size`, `resize_mode` and the processor's resample, mean and std."""
+    from PIL import Image
+
     resample = {Image.Resampling.BICUBIC: "bicubic", Image.Resampling.BILINEAR: "bilinear"}.get(
         Image.Resampling(int(processor.resample)))
     if resample is None:
         raise OpenClipExportError(f"open_clip format: resample {processor.resample} has no open_clip equivalent")
     return {"size": int(size), "mode": "RGB", "mean": [float(x) for x in processor.image_mean],
-            "std": [float(x) for x in processor.image_std], "interpolation": resample, "resize_mode": "shortest",
+            "std": [float(x) for x in processor.image_std], "interpolation": resample, "resize_mode": resize_mode,
             "fill_color": 0}
 
 
@@ -274,20 +281,11 @@ def is_tanh_gelu(act) -> bool:
 
 def siglip_preprocess_cfg(processor) -> dict:
     """open_clip's `preprocess_cfg` for a SiglipImageProcessor (resize to a square, no crop)."""
-    from PIL import Image
-
-    height = getattr(processor.size, "height", None) if not isinstance(processor.size, dict) else processor.size.get("height")
-    width = getattr(processor.size, "width", None) if not isinstance(processor.size, dict) else processor.size.get("width")
+    height, width = size_field(processor.size, "height"), size_field(processor.size, "width")
     if height is None or height != width or getattr(processor, "do_center_crop", False):
         raise OpenClipExportError(f"open_clip format: the image processor resizes to {processor.size}; open_clip "
                                   f"squashes to one square size")
-    resample = {Image.Resampling.BICUBIC: "bicubic", Image.Resampling.BILINEAR: "bilinear"}.get(
-        Image.Resampling(int(processor.resample)))
-    if resample is None:
-        raise OpenClipExportError(f"open_clip format: resample {processor.resample} has no open_clip equivalent")
-    return {"size": int(height), "mode": "RGB", "mean": [float(x) for x in processor.image_mean],
-            "std": [float(x) for x in processor.image_std], "interpolation": resample, "resize_mode": "squash",
-            "fill_color": 0}
+    return preprocess_cfg_of(processor, height, "squash")
 
 
 def export_altclip_siglip_model(model_dir: str | Path, output_dir: str | Path,

@@ -123,11 +123,8 @@ def without_text_projection(model: nn.Module) -> nn.Module:
     text = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower in `.text`
     if hasattr(text, "proj") and hasattr(text, "pooler"):  # an HF text tower (HFTextEncoder)
         text.proj = nn.Identity()
-    else:
+    else:  # CLIP keeps the text tower's projection on itself, CustomTextCLIP on `.text`
         text.text_projection = None
-        if text is not model:
-            return model
-        model.text_projection = None  # CLIP copies the tower's projection onto itself
     return model
 
 
