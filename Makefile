@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-fast test-interop bench bench-scale mutants clean
+.PHONY: install demo demo-languages test test-all test-fast test-interop bench bench-scale mutants clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/altclip-train demo
+
+# Growing the demo model to new languages, with and without replay, and the phase-1 objective ablation
+# (README "Continuing a trained model"); needs `make demo` first, ~8 min here.
+demo-languages: $(STAMP)
+	$(VENV)/bin/altclip-train demo --grow
 
 # The suite CI runs (~13 min here); test-all adds the heavy end-to-end runs (~20 min).
 test: $(STAMP)
