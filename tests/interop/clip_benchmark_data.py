@@ -190,6 +190,38 @@ def trained_phase2(teacher: Path, student: Path, corpora_dir: Path, work: Path) 
     return Path(train(compose_config("contrastive", overrides)))
 
 
+def spread_out(final: Path, data_root: Path) -> Path:
+    """Re-centre a tiny phase-2 model's two heads on the fixture, in place.
+
+    A tiny random XLM-R's `<s>` state hardly depends on the text (and a tiny ViT's on the image), so every caption
+    would rank the images in one order and parity would hold even for misaligned captions. Shifting the text
+    `transformation` bias and the vision `post_layernorm` bias by the fixture's mean (exactly what a bias can do,
+    and what the export must carry over) gives each caption its own ranking."""
+    from transformers import AltCLIPModel, AutoTokenizer
+
+    from altclip_train.data.images import ImagePreprocessor
+
+    model = AltCLIPModel.from_pretrained(final).eval()
+    preprocess = ImagePreprocessor.from_pretrained(str(final))
+    images = sorted((data_root / "flickr30k-200" / "images").iterdir())
+    pixels = torch.stack([preprocess(Image.open(path).convert("RGB")) for path in images])
+    texts = [caption for row in PHOTOS for caption in row[1:]]
+    tokens = AutoTokenizer.from_pretrained(final)(texts, padding=True, return_tensors="pt")
+    seen = {}
+    hooks = [model.text_model.pre_LN.register_forward_hook(lambda m, i, out: seen.update(text=out[:, 0])),
+             model.vision_model.post_layernorm.register_forward_hook(lambda m, i, out: seen.update(image=out))]
+    with torch.no_grad():
+        model.get_text_features(**tokens)
+        model.get_image_features(pixel_values=pixels)
+        transformation = model.text_model.transformation
+        transformation.bias.copy_(-(seen["text"].mean(0) @ transformation.weight.T))
+        model.vision_model.post_layernorm.bias.sub_(seen["image"].mean(0))
+    for hook in hooks:
+        hook.remove()
+    model.save_pretrained(final)
+    return final
+
+
 def open_clip_export(phase2: Path, out: Path, log: Path) -> Path:
     """Our exporter, as a user runs it: `altclip-train export <phase-2 dir> --format open_clip --output DIR`."""
     run([sys.executable, "-m", "altclip_train", "export", str(phase2), "--format", "open_clip", "--output", str(out)],

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from clip_benchmark_data import (CLASSES, FLORES, XTD10, build_benchmarks, handmade_open_clip, open_clip_export,
-                                 run, trained_phase2)
+                                 run, spread_out, trained_phase2)
 
 TOLERANCE = 1e-3
 RECALL_KS = ("1", "5", "10")
@@ -35,9 +35,9 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_teacher, tiny_student, parallel_dir, tmp_path_factory) -> Path:
+def exported(tiny_teacher, tiny_student, parallel_dir, data_root, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("export")
-    final = trained_phase2(tiny_teacher, tiny_student, parallel_dir, work)
+    final = spread_out(trained_phase2(tiny_teacher, tiny_student, parallel_dir, work), data_root)
     return open_clip_export(final, work / "open_clip", work / "export.log")
 
 
@@ -110,11 +110,12 @@ def parity(model: Path, data_root: Path, work: Path) -> None:
     ours = our_results(model, data_root, work / "ours")
     worst = compare(theirs, ours)
     assert worst <= TOLERANCE
-    # The fixture is not trivial for the model: some recall@1 is neither 0 nor 1, and accuracy is not perfect.
-    recalls = [m[f"{side}_retrieval_recall@1"] for k, m in theirs.items() if k[0] != "imagenet1k"
-               for side in ("image", "text")]
-    assert any(0.0 < value < 1.0 for value in recalls)
-    assert theirs[("imagenet1k", "en")]["acc1"] < 1.0 and len(CLASSES) >= 5
+    # Rankings differ per caption (a model ranking every caption's images alike gives recall@k = k/12 everywhere,
+    # and would agree with a reader whose captions were misaligned).
+    recalls = {round(m[f"{side}_retrieval_recall@{k}"], 6) for key, m in theirs.items() if key[0] != "imagenet1k"
+               for side in ("image", "text") for k in RECALL_KS}
+    assert recalls - {round(k / 12, 6) for k in (0, 1, 5, 10)}, recalls
+    assert len(CLASSES) >= 5  # acc5 is a number, not NaN
 
 
 @pytest.mark.slow
