@@ -248,6 +248,11 @@ def load_open_clip_eval_model(path: str, name: str | None = None, device: str | 
     """An open_clip-format model loaded as CLIP_benchmark loads it (`create_model_and_transforms` + `get_tokenizer`)."""
     open_clip = import_open_clip(path)
     model_name = open_clip_model_name(path)
+    if model_name.startswith("local-dir:"):
+        directory = Path(model_name.removeprefix("local-dir:"))
+        # open_clip only warns and initialises at random when the dir has no weights file (*.safetensors/bin/pth).
+        if not any(any(directory.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.pth")):
+            raise FileNotFoundError(f"{path}: no weights beside {OPEN_CLIP_CONFIG} (open_clip_model.safetensors)")
     try:
         model, _, _ = open_clip.create_model_and_transforms(model_name)
         tokenizer = open_clip.get_tokenizer(model_name)

@@ -16,9 +16,8 @@ The annotation files are written by CLIP_benchmark's own `create_annotation_file
 release files above (there is no network here), so CLIP_benchmark's reading of the release is its own.
 
 `open_clip_export(...)`: `altclip-train export <phase-2 dir> --format open_clip --output DIR` on the output of
-`trained_phase2(...)`: phase 1 and phase 2 run on the tiny CLIP teacher and XLM-R student of `tests/conftest.py`.
-`handmade_open_clip(...)`: the same kind of model built with open_clip directly (an HF XLM-R text tower), for
-developing the harness independently of our exporter.
+`trained_phase2(...)`: phase 1 and phase 2 run on the tiny CLIP teacher and XLM-R student of `tests/conftest.py`,
+its heads re-centred on the fixture by `spread_out(...)`.
 """
 
 from __future__ import annotations
@@ -226,38 +225,6 @@ def open_clip_export(phase2: Path, out: Path, log: Path) -> Path:
     """Our exporter, as a user runs it: `altclip-train export <phase-2 dir> --format open_clip --output DIR`."""
     run([sys.executable, "-m", "altclip_train", "export", str(phase2), "--format", "open_clip", "--output", str(out)],
         log)
-    return out
-
-
-def handmade_open_clip(xlmr_dir: Path, out: Path, seed: int = 0) -> Path:
-    """An open_clip CustomTextCLIP built by open_clip itself: a tiny ViT and the XLM-R of `xlmr_dir` as an HF text
-    tower (CLS pooling, linear projection), saved as open_clip saves a model."""
-    import open_clip
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer, XLMRobertaConfig
-
-    out.mkdir(parents=True, exist_ok=True)
-    source = json.loads((Path(xlmr_dir) / "config.json").read_text())
-    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "max_position_embeddings", "pad_token_id", "bos_token_id", "eos_token_id", "type_vocab_size")
-    XLMRobertaConfig(**{k: source[k] for k in keys if k in source}).save_pretrained(out)
-    AutoTokenizer.from_pretrained(xlmr_dir).save_pretrained(out)
-    here = str(out.resolve())
-    model_cfg = {"embed_dim": 24,
-                 "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8,
-                                "mlp_ratio": 2.0},
-                 "text_cfg": {"hf_model_name": here, "hf_tokenizer_name": here,
-                              "hf_pooler_type": "cls_last_hidden_state_pooler", "hf_proj_type": "linear",
-                              "context_length": 32, "hf_model_pretrained": False}}
-    torch.manual_seed(seed)
-    model = open_clip.CustomTextCLIP(**model_cfg)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
-    preprocess = {"mean": [0.48, 0.45, 0.40], "std": [0.26, 0.26, 0.27], "interpolation": "bicubic",
-                  "resize_mode": "shortest"}
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}))
     return out
 
 
