@@ -25,6 +25,7 @@ Embeddings come back L2-normalised, float32, on the CPU, in input order.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,6 @@ def import_open_clip(path: str | Path):
 
 def open_clip_config(path: str | Path) -> dict:
     """The model's `open_clip_config.json` (downloaded for `hf-hub:` names)."""
-    import json
 
     name = open_clip_model_name(path)
     if name.startswith("hf-hub:"):
@@ -152,7 +152,6 @@ def open_clip_config(path: str | Path) -> dict:
 
 def canonical_preprocess_cfg(preprocess_cfg: dict) -> dict:
     """JSON-plain settings, a square size as one int (open_clip's transform treats (n, n) and n alike)."""
-    import json
 
     settings = json.loads(json.dumps(dict(preprocess_cfg)))
     size = settings.get("size")
