@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from altclip_train.data.images import ImagePreprocessor
 from altclip_train.evaluate.benchmarks import BenchmarkEvaluator, open_benchmark, write_clip_benchmark_results
-from altclip_train.evaluate.models import load_eval_model, resolve_device
+from altclip_train.evaluate.models import eval_transform, load_eval_model, resolve_device
 from altclip_train.evaluate.report import flatten, write_report
 from altclip_train.evaluate.retrieval import RetrievalEvaluator
 from altclip_train.evaluate.zeroshot import ZeroShotEvaluator
@@ -125,7 +125,7 @@ def run_eval(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.get("device", "auto"))
 
     # Reading each transform first lets every data file be validated before any weights load.
-    transforms = {name: ImagePreprocessor.from_pretrained(path) for name, path in models.items()}
+    transforms = {name: eval_transform(path) for name, path in models.items()}
     benchmarks = open_benchmarks(cfg)
     evaluators_by_transform = {t: _build_evaluators(cfg, t) | _benchmark_evaluators(cfg, benchmarks, t)
                                for t in dict.fromkeys(transforms.values())}
