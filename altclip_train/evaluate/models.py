@@ -12,7 +12,7 @@ by open_clip itself as CLIP_benchmark reads it (`open_clip.create_model_and_tran
 | anything else                          | transformers, by `config.json`'s `model_type`                      |
 
 An open_clip model is evaluated through `OpenClipEvalModel` (`get_text_features` = `encode_text`,
-`get_image_features` = `encode_image`) with `OpenClipEvalTokenizer` (open_clip's tokenizer; rows are laid out at
+`get_image_features` = `encode_image`) with `OpenClipTokenizer` (open_clip's tokenizer, from the teacher adapter; rows are laid out at
 its `context_length` again before `encode_text`, so every text is embedded exactly as open_clip embeds it) and
 open_clip's own eval transform (`ImagePreprocessor.from_open_clip` of the `preprocess_cfg` open_clip resolved).
 open_clip is an optional extra, imported only for such a model. The embedding helpers also take an
@@ -183,37 +183,6 @@ def eval_transform(path: str | Path) -> ImagePreprocessor:
     return ImagePreprocessor.from_pretrained(str(path))
 
 
-class OpenClipEvalTokenizer:
-    """open_clip's tokenizer behind the two calls the evaluators make: `tokenizer(texts, truncation=True,
-    max_length=n)` (each text's ids up to where open_clip's padding starts) and `tokenizer.pad(...)`."""
-
-    def __init__(self, tokenizer, context_length: int, pad_token_id: int):
-        self.tokenizer = tokenizer
-        self.model_max_length = self.context_length = int(context_length)
-        self.pad_token_id = int(pad_token_id)
-
-    def rows(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
-        width = min(max_length or self.context_length, self.context_length)
-        full = self.tokenizer(list(texts), context_length=width)
-        real = full != self.pad_token_id
-        lengths = torch.where(real.any(1), width - real.flip(1).int().argmax(1), torch.zeros(len(full), dtype=torch.long))
-        return [row[:length].tolist() for row, length in zip(full, lengths.tolist())]
-
-    def __call__(self, texts, truncation: bool = True, max_length: int | None = None, **_):
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        ids = self.rows(texts, max_length)
-        return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
-
-    def pad(self, encoded, padding=True, return_tensors="pt", **_):
-        rows = encoded["input_ids"]
-        ids = torch.full((len(rows), max((len(r) for r in rows), default=0)), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
-            mask[i, : len(row)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-
 class OpenClipEvalModel(nn.Module):
     """An open_clip model behind `get_text_features`/`get_image_features` (its `encode_text`/`encode_image`)."""
 
@@ -236,15 +205,10 @@ class OpenClipEvalModel(nn.Module):
         return self.model.encode_image(pixel_values)
 
 
-def open_clip_pad_id(tokenizer) -> int:
-    """open_clip pads with the HF tokenizer's pad id (HFTokenizer) or 0 (its CLIP BPE and the others)."""
-    inner = getattr(tokenizer, "tokenizer", None)
-    pad = getattr(inner, "pad_token_id", None)
-    return 0 if pad is None else int(pad)
-
-
 def load_open_clip_eval_model(path: str, name: str | None = None, device: str | torch.device = "cpu") -> EvalModel:
     """An open_clip-format model loaded as CLIP_benchmark loads it (`create_model_and_transforms` + `get_tokenizer`)."""
+    from altclip_train.models.teachers.open_clip import OpenClipTokenizer
+
     open_clip = import_open_clip(path)
     model_name = open_clip_model_name(path)
     if model_name.startswith("local-dir:"):
@@ -261,7 +225,7 @@ def load_open_clip_eval_model(path: str, name: str | None = None, device: str | 
     context_length = getattr(tokenizer, "context_length", None) or getattr(model, "context_length", None)
     if not context_length:
         raise ValueError(f"{path}: open_clip's tokenizer for it has no context_length")
-    pad_id = open_clip_pad_id(tokenizer)
+    pad_id = OpenClipTokenizer.pad_id_of(tokenizer)
     wrapped = OpenClipEvalModel(model, context_length, pad_id).to(resolve_device(device)).eval()
     preprocess_cfg = getattr(getattr(model, "visual", model), "preprocess_cfg", None)
     if preprocess_cfg is None:
@@ -271,7 +235,7 @@ def load_open_clip_eval_model(path: str, name: str | None = None, device: str | 
         path=str(path),
         model_type="open_clip",
         model=wrapped,
-        tokenizer=OpenClipEvalTokenizer(tokenizer, context_length, pad_id),
+        tokenizer=OpenClipTokenizer(tokenizer, model_name, context_length, pad_id),
         transform=ImagePreprocessor.from_open_clip(canonical_preprocess_cfg(preprocess_cfg)),
         max_length=int(context_length),
     )

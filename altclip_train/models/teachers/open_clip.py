@@ -93,10 +93,20 @@ class OpenClipTokenizer:
         return inner.get_vocab() if inner is not None else dict(self.tokenizer.encoder)
 
     def rows(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
-        full = self.tokenizer(list(texts), context_length=max_length or self.context_length)
-        lengths = self.context_length - (full != self.pad_token_id).flip(1).int().argmax(1)
-        lengths = torch.where((full == self.pad_token_id).all(1), torch.zeros_like(lengths), lengths)
+        """Each text's ids up to where open_clip's padding starts, cut by open_clip at `max_length` (at most
+        the context length)."""
+        width = min(max_length or self.context_length, self.context_length)
+        full = self.tokenizer(list(texts), context_length=width)
+        real = full != self.pad_token_id
+        lengths = torch.where(real.any(1), width - real.flip(1).int().argmax(1), torch.zeros(len(full), dtype=torch.long))
         return [row[:length].tolist() for row, length in zip(full, lengths.tolist())]
+
+    @staticmethod
+    def pad_id_of(tokenizer) -> int:
+        """open_clip pads with the HF tokenizer's pad id (its HFTokenizer) or 0 (its CLIP BPE and the others)."""
+        inner = getattr(tokenizer, "tokenizer", None)
+        pad = getattr(inner, "pad_token_id", None)
+        return 0 if pad is None else int(pad)
 
     def __call__(self, texts, padding=False, truncation=True, max_length=None, return_tensors=None,
                  return_attention_mask=True, **_):
@@ -272,7 +282,7 @@ class OpenClipTeacher(Teacher):
     def text_tokenizer(self) -> OpenClipTokenizer:
         tokenizer = self.open_clip.get_tokenizer(self.name)
         inner = getattr(tokenizer, "tokenizer", None)
-        pad_id = inner.pad_token_id if inner is not None and inner.pad_token_id is not None else 0
+        pad_id = OpenClipTokenizer.pad_id_of(tokenizer)
         if inner is not None and getattr(inner, "padding_side", "right") != "right":
             raise UnsupportedTeacherError(f"teacher {self.source}: its tokenizer pads on the left, which this "
                                           f"adapter does not lay out yet")
