@@ -8,14 +8,16 @@ Utility commands (export, prepare-wds, cache-images, demo) take ordinary options
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Callable
 
+from altclip_train.errors import UserError
 from altclip_train.logging_setup import configure_process
+# Re-exported for callers of the CLI module; their home is `resolvers.py`.
+from altclip_train.resolvers import latest_output, output_record, record_output, register_resolvers  # noqa: F401
 
 CONFIG_DIR = Path(os.environ.get("ALTCLIP_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
 HYDRA_COMMANDS = {"distill": "Phase 1: distil a CLIP teacher's text tower into XLM-R (MSE on parallel text)",
@@ -27,10 +29,6 @@ TOOL_COMMANDS = {"export": "Turn a checkpoint of either phase into a plain-trans
                  "translate": "Machine-translate English sentences into new languages: Moses pairs for data.corpora",
                  "coverage": "Per language of the corpora: the student tokenizer's <unk>/byte rates and a verdict",
                  "demo": "The whole AltCLIP method on bundled real images (digits), offline, in minutes"}
-
-
-class UserError(Exception):
-    """Raised for bad input; printed as one line without a traceback."""
 
 
 def usage() -> str:
@@ -48,52 +46,6 @@ def usage() -> str:
 # The key each command reads its output dir from; `run_dir=X` on the command line is kept as an
 # alias for `hydra.run.dir=X` (and `hydra.sweep.dir=X/sweep`), so a run never splits in two.
 OUTPUT_KEYS = {"distill": "run_dir", "contrastive": "run_dir", "eval": "output_dir"}
-
-
-def register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    from altclip_train.assets import tiny_asset
-
-    if not OmegaConf.has_resolver("tiny_asset"):
-        OmegaConf.register_new_resolver("tiny_asset", tiny_asset)
-    if not OmegaConf.has_resolver("latest_output"):
-        OmegaConf.register_new_resolver("latest_output", latest_output)
-
-
-# --------------------------------------------------------------------------- where runs land
-def output_record(name: str) -> Path:
-    from altclip_train.assets import cache_root
-
-    return cache_root() / "runs" / f"{name}.json"
-
-
-def record_output(name: str, final_dir: Path) -> None:
-    """Note where run `name` exported its model, so a later phase finds it wherever it landed."""
-    record = output_record(name)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    staging = record.with_name(f".{record.name}.{os.getpid()}")
-    staging.write_text(json.dumps({"name": name, "final": str(Path(final_dir).resolve())}) + "\n")
-    os.replace(staging, record)
-
-
-def latest_output(name: str, output_root: str = "outputs") -> str:
-    """`${latest_output:distill-tiny,${output_root}}`: the model dir the newest run called `name`
-    exported; else its default place (<output_root>/<name>/final); else one line saying where it looked."""
-    record, default = output_record(name), Path(output_root) / name / "final"
-    looked = []
-    if record.is_file():
-        final = Path(json.loads(record.read_text())["final"])
-        if (final / "config.json").is_file():
-            return str(final)
-        looked.append(f"{final} (recorded in {record})")
-    else:
-        looked.append(f"{record} (no record)")
-    if (default / "config.json").is_file():
-        return str(default.resolve())
-    looked.append(str(default.resolve()))
-    raise UserError(f"no model from a run named '{name}': looked in {' and '.join(looked)}; "
-                    f"run that phase first or give the model dir explicitly")
 
 
 def output_aliases(command: str, overrides: list[str] | tuple[str, ...]) -> list[str]:

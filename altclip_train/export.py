@@ -91,7 +91,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path | None = None,
     config_path = Path(config) if config else checkpoint.parent.parent / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"run config not found: {config_path} (pass --config)")
-    from altclip_train.cli import register_resolvers
+    from altclip_train.resolvers import register_resolvers
 
     register_resolvers()
     cfg = OmegaConf.load(config_path)
@@ -163,7 +163,7 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from altclip_train.cli import UserError
+    from altclip_train.errors import UserError
     from altclip_train.model_card import eval_json_results, write_model_card
 
     parser = argparse.ArgumentParser(prog="altclip-train export", description=__doc__.split("\n\n")[0])
