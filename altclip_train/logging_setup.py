@@ -9,7 +9,12 @@ rank once the loop knows which rank it is. Together they keep real warnings visi
 - DeepSpeed's "Setting accelerator to CPU" is dropped unless DeepSpeed is in use: accelerate imports
   deepspeed, whenever it is installed, to unwrap any model, which prints that line on every CPU run;
 - `datasets` caches under the project's cache dir (`$ALTCLIP_CACHE_DIR/datasets`) instead of the
-  user's home, unless `HF_DATASETS_CACHE` says otherwise.
+  user's home, unless `HF_DATASETS_CACHE` says otherwise;
+- progress bars draw only on a terminal: with stderr redirected to a file (nohup, SLURM logs) a bar's
+  carriage-return redraws would pile up into one line of noise before the next log line or error, so
+  ours are created with tqdm's `disable=None` (off when the stream is not a TTY) and those of transformers,
+  huggingface_hub and datasets are switched off (`HF_HUB_DISABLE_PROGRESS_BARS` /
+  `HF_DATASETS_DISABLE_PROGRESS_BARS`, unless the user set them). Progress then comes from log lines.
 """
 
 from __future__ import annotations
@@ -83,10 +88,32 @@ def default_datasets_cache() -> None:
         os.environ["HF_DATASETS_CACHE"] = str(cache_root() / "datasets")
 
 
+def progress_bars_off_tty(stream=None) -> bool:
+    """Switch library progress bars off when `stream` (default stderr) is not a terminal; returns whether it did.
+    Call before transformers/datasets are imported (they read the environment at import); later calls also
+    switch off those already imported."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return False
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if "datasets" in sys.modules and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1":
+        import datasets
+
+        datasets.disable_progress_bars()
+    return True
+
+
 def configure_process() -> None:
     """Everything above, once, at CLI start (logging only where nothing configured it yet)."""
     default_datasets_cache()
     quiet_deepspeed()
+    progress_bars_off_tty()
     setup_logging(logging.INFO, force=False)
 
 

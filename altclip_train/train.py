@@ -252,7 +252,7 @@ def run_training(cfg: DictConfig) -> Path:
         evaluate()
 
     progress = tqdm(total=total_steps, initial=state.step, desc=cfg.name, unit="step",
-                    disable=not accelerator.is_main_process, dynamic_ncols=True)
+                    disable=not accelerator.is_main_process or None, dynamic_ncols=True)
     task.train()
     for group in optimizer.param_groups:
         group["lr"] = cfg.optim.lr * lr_factor(state.step, total_steps, cfg.optim)

@@ -190,7 +190,7 @@ class CacheEntry:
         if suspects:
             total = sum(region.length for name in suspects for _, region, _ in files[name])
             with tqdm(total=total, desc=f"verifying {self.dir.name[:12]}", unit="B", unit_scale=True,
-                      disable=total < (256 << 20)) as progress:
+                      disable=total < (256 << 20) or None) as progress:
                 for name in suspects:
                     path = self.dir / name
                     for chunk, region, digest in files[name]:
@@ -237,7 +237,7 @@ class CacheEntry:
                      self.num_chunks, self.num_chunks - len(pending), world)
         show = getattr(accelerator, "is_local_main_process", True)
         total = sum(chunk_size(c) for c in mine) if chunk_size else len(mine)
-        with tqdm(total=total, desc=desc, unit=progress_unit, disable=not show or not mine,
+        with tqdm(total=total, desc=desc, unit=progress_unit, disable=not show or not mine or None,
                   dynamic_ncols=True) as progress:
             for chunk in mine:
                 regions = list(write_chunk(chunk))

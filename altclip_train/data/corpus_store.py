@@ -254,7 +254,7 @@ def build_store(specs: list[CorpusSpec], languages: list[str], student: Tokeniza
     from tqdm.auto import tqdm
 
     with pa.OSFile(str(staging / "text.arrow"), "wb") as sink, pa.ipc.new_stream(sink, PAIR_SCHEMA) as writer, \
-            tqdm(desc="reading corpora", unit=" pairs", unit_scale=True, dynamic_ncols=True) as progress:
+            tqdm(desc="reading corpora", unit=" pairs", unit_scale=True, dynamic_ncols=True, disable=None) as progress:
         for index, spec in enumerate(specs):
             counts: Counter = Counter()
             group_of_lang: dict[str, int] = {}
