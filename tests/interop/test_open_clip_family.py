@@ -9,6 +9,7 @@ training-time model's embeddings; so does the export of a CLIP-teacher (`AltCLIP
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,7 +162,7 @@ def embeddings(model, tokens, pixels):
 
 @pytest.mark.slow
 def test_phase2_end_to_end_and_the_open_clip_export_reloads_to_the_training_time_embeddings(
-        oc_teacher, oc_phase1, tmp_path):
+        oc_teacher, oc_phase1, tmp_path, monkeypatch):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
@@ -218,6 +219,25 @@ def test_phase2_end_to_end_and_the_open_clip_export_reloads_to_the_training_time
     assert model.logit_scale.item() == pytest.approx(live.logit_scale.item())
     card = (out / "README.md").read_text()
     assert "open_clip" in card
+
+    # --push-to-hub uploads a copy whose text tower names the repo (where config.json and the tokenizer will be);
+    # the local export keeps naming itself.
+    import altclip_train.export as export_module
+
+    pushed = {}
+
+    def fake_push(folder, repo_id, private=False):
+        pushed["config"] = json.loads((Path(folder) / "open_clip_config.json").read_text())
+        pushed["card"] = (Path(folder) / "README.md").read_text()
+        return "https://huggingface.co/org/name/commit/0"
+
+    monkeypatch.setattr(export_module, "push_to_hub", fake_push)
+    assert export_main([str(final), "--format", "open_clip", "--output", str(out), "--push-to-hub", "org/name"]) == 0
+    text_cfg = pushed["config"]["model_cfg"]["text_cfg"]
+    assert text_cfg["hf_model_name"] == text_cfg["hf_tokenizer_name"] == "org/name"
+    assert 'create_model_and_transforms("hf-hub:org/name")' in pushed["card"]
+    local = json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+    assert local["hf_model_name"] == str(out.resolve())
 
 
 @pytest.mark.slow
