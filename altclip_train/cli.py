@@ -2,7 +2,7 @@
 
 Training and evaluation commands are Hydra apps over the configs in `configs/`; each phase also
 searches `configs/phases/<phase>/` so `experiment=tiny` means the tiny run of *that* phase.
-Utility commands (export, prepare-wds, cache-images, demo) take ordinary options.
+Utility commands (export, prepare-wds, cache-images, check-leakage, demo) take ordinary options.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ TOOL_COMMANDS = {"export": "Turn a checkpoint of either phase into a plain-trans
                  "cache-images": "Embed every image of a shard set once with the frozen image tower",
                  "translate": "Machine-translate English sentences into new languages: Moses pairs for data.corpora",
                  "coverage": "Per language of the corpora: the student tokenizer's <unk>/byte rates and a verdict",
+                 "check-leakage": "How many of each benchmark's captions and images are in a run's training data",
                  "demo": "The whole AltCLIP method on bundled real images (digits), offline, in minutes"}
 
 
@@ -221,6 +222,8 @@ def run_tool(command: str, argv: list[str]) -> None:
         from altclip_train.data.translate import main as tool
     elif command == "coverage":
         from altclip_train.data.coverage import main as tool
+    elif command == "check-leakage":
+        from altclip_train.evaluate.leakage import main as tool
     else:
         from altclip_train.demo.run import main as tool
     result = report_user_errors(tool, argv)

@@ -93,6 +93,12 @@ def store_key(specs: list[CorpusSpec], languages: list[str], student: Tokenizati
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def store_dir(cache_dir: str | Path, specs: list[CorpusSpec], languages: list[str], student: Tokenization,
+              teacher: Tokenization) -> Path:
+    """The entry these corpora and tokenizers map to: `<cache_dir>/corpora/<key>` (complete once meta.json is in)."""
+    return Path(cache_dir).expanduser() / "corpora" / store_key(specs, languages, student, teacher)
+
+
 # ------------------------------------------------------------------------------------------ reading
 class TokenColumn:
     """An int32 list column of memory-mapped Arrow files, gathered by row without copying the rest.
@@ -210,8 +216,8 @@ def open_or_build(specs: list[CorpusSpec], languages: list[str], student: Tokeni
     """The store for these corpora and tokenizers: built by one process on first use, opened by all."""
     from altclip_train.assets import build_once
 
-    key = store_key(specs, languages, student, teacher)
-    directory = Path(cache_dir).expanduser() / "corpora" / key
+    directory = store_dir(cache_dir, specs, languages, student, teacher)
+    key = directory.name
 
     def build(staging: Path) -> None:
         build_store(specs, languages, student, teacher, staging, key, num_proc)

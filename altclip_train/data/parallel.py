@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -33,7 +34,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from altclip_train.data.batching import BatchPlan, language_weights, padded_rank_slice, rank_slice
 from altclip_train.data.corpora import CorpusSpec
-from altclip_train.data.corpus_store import CorpusStore, Tokenization, open_or_build
+from altclip_train.data.corpus_store import CorpusStore, Tokenization, open_or_build, store_dir
 from altclip_train.data.embedding_cache import EmbeddingCache
 from altclip_train.data.loading import capped_max_length, make_loader, pad_flat, resolve_pad_multiple
 from altclip_train.models.teachers import load_teacher
@@ -196,27 +197,16 @@ class ParallelTextData:
 
     # ---------------------------------------------------------------- setup
     def setup(self, accelerator) -> None:
-        from transformers import AutoConfig, AutoTokenizer
-
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
         self.grad_accum = getattr(accelerator, "gradient_accumulation_steps", 1)
         if self.batch_size % (self.world_size * self.grad_accum):
             raise ValueError(f"data.batch_size={self.batch_size} does not split evenly over {self.world_size} "
                              f"processes x {self.grad_accum} accumulation steps")
-        remote = {"trust_remote_code": self.trust_remote_code}
-        self.teacher = load_teacher(self.teacher_name, self.distill_target, self.trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(self.student_tokenizer, **remote)
-        teacher_tokenizer = self.teacher.text_tokenizer()
-        student_max = capped_max_length(self.student_max_length, tokenizer, AutoConfig.from_pretrained(self.student, **remote),
-                                        "data.student_max_length")
-        # The family's own context length unless asked for less: SigLIP's target depends on its fixed width.
-        teacher_max = self.teacher.text_max_length
-        if self.teacher_max_length is not None:
-            teacher_max = capped_max_length(self.teacher_max_length, teacher_tokenizer, None, "data.teacher_max_length")
-            teacher_max = min(teacher_max, self.teacher.text_max_length)
+        student_side, teacher_side = self.tokenizations()
+        tokenizer, student_max = student_side.tokenizer, student_side.max_length
+        teacher_tokenizer, teacher_max = teacher_side.tokenizer, teacher_side.max_length
         started = time.perf_counter()
-        self.store = open_or_build(self.specs, self.languages, Tokenization(tokenizer, student_max),
-                                   Tokenization(teacher_tokenizer, teacher_max), self.cache_dir,
+        self.store = open_or_build(self.specs, self.languages, student_side, teacher_side, self.cache_dir,
                                    num_proc=self._num_proc(), accelerator=accelerator)
         self.timings["corpus_s"] = time.perf_counter() - started
         self.skipped.update(self.store.skipped)
@@ -232,6 +222,28 @@ class ParallelTextData:
             student_width=student_max if self.pad_to_max_length else None,
             teacher_width=teacher_max if self.pad_to_max_length else None)
         self._plan_batches()
+
+    def tokenizations(self) -> tuple[Tokenization, Tokenization]:
+        """(student, teacher): how the corpus store tokenises each side, which is also what its key holds.
+        Loads tokenizers and configs only (sets `self.teacher`, the adapter; no weights)."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        remote = {"trust_remote_code": self.trust_remote_code}
+        self.teacher = load_teacher(self.teacher_name, self.distill_target, self.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(self.student_tokenizer, **remote)
+        teacher_tokenizer = self.teacher.text_tokenizer()
+        student_max = capped_max_length(self.student_max_length, tokenizer, AutoConfig.from_pretrained(self.student, **remote),
+                                        "data.student_max_length")
+        # The family's own context length unless asked for less: SigLIP's target depends on its fixed width.
+        teacher_max = self.teacher.text_max_length
+        if self.teacher_max_length is not None:
+            teacher_max = capped_max_length(self.teacher_max_length, teacher_tokenizer, None, "data.teacher_max_length")
+            teacher_max = min(teacher_max, self.teacher.text_max_length)
+        return Tokenization(tokenizer, student_max), Tokenization(teacher_tokenizer, teacher_max)
+
+    def corpus_store_dir(self) -> Path:
+        """Where `setup()` finds (or builds) this data's corpus store, without opening or building it."""
+        return store_dir(self.cache_dir, self.specs, self.languages, *self.tokenizations())
 
     @property
     def language_roles(self) -> dict[str, str]:

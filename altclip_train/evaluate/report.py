@@ -1,7 +1,8 @@
 """Write evaluation results: eval.json, a Markdown table per task and a grouped bar chart comparing models.
 
 Results are nested `{model: {task: {lang: {metric: value}}}}` with task "zeroshot" or "retrieval"; tables have one
-row per language (plus the mean over languages) and one column per metric x model.
+row per language (plus the mean over languages) and one column per metric x model. A leakage check
+(`evaluate/leakage.py`: `{benchmark: {captions, images, training}}`) adds its own section and an eval.json entry.
 """
 
 from __future__ import annotations
@@ -98,6 +99,51 @@ def markdown_report(results: Results, data: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def _count(share: dict | None) -> str:
+    if not share:
+        return "-"
+    if share.get("in_training") is None:
+        return f"not checked ({share.get('note', 'no training data of this kind')})"
+    return f"{share['in_training']} / {share['total']} ({100 * share['fraction']:.2f}%)"
+
+
+def leakage_markdown(leakage: dict) -> str:
+    """The leakage check as Markdown: per benchmark captions and images found in the training data, then
+    captions per language, then what was searched."""
+    lines = ["## Leakage: benchmark data found in the training data", "",
+             "Captions are compared after NFKC, case folding, punctuation removal and whitespace collapsing; "
+             "images by the sha256 of their bytes.", "",
+             "| benchmark | captions in training | images in training |", "|---|---:|---:|"]
+    for name, entry in leakage.items():
+        lines.append(f"| {BENCHMARK_TITLES.get(name, name)} | {_count(entry.get('captions'))} | "
+                     f"{_count(entry.get('images'))} |")
+    per_language = [(name, lang, share) for name, entry in leakage.items() if entry.get("captions")
+                    for lang, share in entry["captions"]["languages"].items()]
+    if per_language:
+        lines += ["", "| benchmark | lang | captions | in training | % |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {BENCHMARK_TITLES.get(name, name)} | {lang} | {share['total']} | {share['in_training']} | "
+                  f"{100 * share['fraction']:.2f} |" for name, lang, share in per_language]
+    training = next(iter(leakage.values()), {}).get("training")
+    if training:
+        lines += ["", f"Searched {training['texts']} training texts and {training['images']} training images "
+                      f"in {training['seconds']} s: {'; '.join(training['sources'])}."]
+    warned = [name for name, entry in leakage.items() if _above(entry)]
+    if warned:
+        lines += ["", f"**Warning**: above {100 * leakage[warned[0]]['warn_fraction']:.2f}% leaked for "
+                      f"{', '.join(BENCHMARK_TITLES.get(name, name) for name in warned)}; their scores overstate "
+                      f"zero-shot quality."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _above(entry: dict) -> bool:
+    limit = entry.get("warn_fraction", 0.0)
+    captions, images = entry.get("captions"), entry.get("images") or {}
+    caption_hit = bool(captions) and (captions["fraction"] > limit
+                                      or any(v["fraction"] > limit for v in captions["languages"].values()))
+    return caption_hit or (images.get("fraction") is not None and images["fraction"] > limit)
+
+
 def plot_comparison(results: Results, path: str | Path) -> Path:
     """PNG with one grouped bar chart per task's headline metric: languages on x, one bar per model."""
     import matplotlib
@@ -137,13 +183,20 @@ def plot_comparison(results: Results, path: str | Path) -> Path:
     return path
 
 
-def write_report(results: Results, data: dict, output_dir: str | Path, extra: dict | None = None) -> dict[str, str]:
-    """Write eval.json, eval.md and eval.png into output_dir; returns their paths."""
+def write_report(results: Results, data: dict, output_dir: str | Path, extra: dict | None = None,
+                 leakage: dict | None = None) -> dict[str, str]:
+    """Write eval.json, eval.md and eval.png into output_dir; returns their paths. `leakage` (the leakage
+    check's result) goes into eval.json as "leakage" and into eval.md as its own section."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / "eval.json", "markdown": output_dir / "eval.md", "chart": output_dir / "eval.png"}
     document = {"results": results, "data": data, **(extra or {})}
+    if leakage is not None:
+        document["leakage"] = leakage
     paths["json"].write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown_report(results, data), encoding="utf-8")
+    markdown = markdown_report(results, data)
+    if leakage:
+        markdown = markdown.rstrip("\n") + "\n\n" + leakage_markdown(leakage)
+    paths["markdown"].write_text(markdown, encoding="utf-8")
     plot_comparison(results, paths["chart"])
     return {kind: str(path) for kind, path in paths.items()}

@@ -9,6 +9,11 @@ Standard benchmarks (`benchmarks=`, see `evaluate/benchmarks/`) are read from th
 `data_root`; each adds a task named after it to the report, and CLIP_benchmark's results JSON per model and
 language goes to `output_dir/clip_benchmark/`.
 
+`leakage.runs=[RUN...]` (and/or `leakage.shards=SPEC`) also counts, per benchmark, its captions (normalised, per
+language) and images (same bytes) found in what those training runs trained on (`evaluate/leakage.py`): into
+eval.json under "leakage" and a section of eval.md, with a warning above `leakage.warn_fraction`. Keys read:
+`leakage.{runs, upstream, shards, warn_fraction, chunk_rows}`, documented in configs/eval.yaml.
+
 Every file is checked before the first model loads. Models load one at a time; models that share an image
 transform share the evaluation data (and its decoded pixels with `cache_images`). Writes eval.json, eval.md and
 eval.png to `output_dir`.
@@ -26,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from altclip_train.data.images import ImagePreprocessor
 from altclip_train.evaluate.benchmarks import BenchmarkEvaluator, open_benchmark, write_clip_benchmark_results
+from altclip_train.evaluate.leakage import plan_from_config
 from altclip_train.evaluate.models import eval_transform, load_eval_model, resolve_device
 from altclip_train.evaluate.report import flatten, write_report
 from altclip_train.evaluate.retrieval import RetrievalEvaluator
@@ -127,6 +133,8 @@ def run_eval(cfg: DictConfig) -> dict:
     # Reading each transform first lets every data file be validated before any weights load.
     transforms = {name: eval_transform(path) for name, path in models.items()}
     benchmarks = open_benchmarks(cfg)
+    leakage_plan = plan_from_config(cfg.get("leakage"), benchmarks)  # reads the runs' configs: bad ones fail here
+    leakage = leakage_plan.check(benchmarks) if leakage_plan is not None else None
     evaluators_by_transform = {t: _build_evaluators(cfg, t) | _benchmark_evaluators(cfg, benchmarks, t)
                                for t in dict.fromkeys(transforms.values())}
 
@@ -156,7 +164,7 @@ def run_eval(cfg: DictConfig) -> dict:
             torch.cuda.empty_cache()
 
     extra = {"models": model_info, "device": str(device), "config": _config_dict(cfg)}
-    files = write_report(results, data, cfg.output_dir, extra=extra)
+    files = write_report(results, data, cfg.output_dir, extra=extra, leakage=leakage)
     clip_benchmark_files = [
         str(path)
         for name, per_task in results.items()
@@ -172,6 +180,7 @@ def run_eval(cfg: DictConfig) -> dict:
         "results": results,
         "data": data,
         **extra,
+        **({"leakage": leakage} if leakage is not None else {}),
         "metrics": {name: flatten(per_task) for name, per_task in results.items()},
         "files": files,
     }
