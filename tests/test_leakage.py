@@ -249,3 +249,33 @@ def test_eval_config_leakage_section_reaches_eval_json_and_md(phase2_run, xtd10,
     with pytest.raises(Exception, match="leakage.run: unknown key"):
         plan_from_config(OmegaConf.create({"run": str(phase2_run)}), xtd10)
     assert plan_from_config(OmegaConf.create({"runs": []}), xtd10) is None
+
+
+def test_eval_with_leakage_runs_reports_it_beside_the_scores(phase2_run, benchmark_root, tiny_teacher, tmp_path):
+    from altclip_train.cli import compose_config
+    from altclip_train.evaluate.run import run_eval
+
+    output = tmp_path / "eval"
+    cfg = compose_config("eval", [f"models.teacher={tiny_teacher}", "benchmarks=[xtd10]", f"data_root={benchmark_root}",
+                                  f"leakage.runs=[{phase2_run}]", "batch_size=4", "num_workers=0", "device=cpu",
+                                  f"output_dir={output}"])
+    result = run_eval(cfg)
+    saved = json.loads((output / "eval.json").read_text(encoding="utf-8"))
+    assert set(saved["results"]["teacher"]["xtd10"]) == {"en", "zh"}
+    assert saved["leakage"] == result["leakage"]
+    assert saved["leakage"]["xtd10"]["captions"]["in_training"] == 6
+    assert saved["leakage"]["xtd10"]["images"]["in_training"] == 2
+    assert "| XTD10 | 6 / 20 (30.00%) | 2 / 10 (20.00%) |" in (output / "eval.md").read_text(encoding="utf-8")
+
+
+def test_eval_refuses_a_missing_leakage_run_before_any_model_loads(benchmark_root, tmp_path, monkeypatch):
+    from altclip_train.cli import compose_config
+    from altclip_train.errors import UserError
+    from altclip_train.evaluate import run as run_module
+
+    monkeypatch.setattr(run_module, "load_eval_model", lambda *a, **k: pytest.fail("a model loaded"))
+    monkeypatch.setattr(run_module, "eval_transform", lambda path: None)
+    cfg = compose_config("eval", ["models.teacher=some/model", "benchmarks=[xtd10]", f"data_root={benchmark_root}",
+                                  f"leakage.runs=[{tmp_path / 'gone'}]", f"output_dir={tmp_path / 'eval'}"])
+    with pytest.raises(UserError, match=f"leakage run {tmp_path / 'gone'}: no such directory"):
+        run_module.run_eval(cfg)
