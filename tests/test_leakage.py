@@ -279,3 +279,23 @@ def test_eval_refuses_a_missing_leakage_run_before_any_model_loads(benchmark_roo
                                   f"leakage.runs=[{tmp_path / 'gone'}]", f"output_dir={tmp_path / 'eval'}"])
     with pytest.raises(UserError, match=f"leakage run {tmp_path / 'gone'}: no such directory"):
         run_module.run_eval(cfg)
+
+
+def test_check_leakage_errors_stand_alone_on_a_redirected_stderr(phase2_run, benchmark_root, tmp_path):
+    """As a user runs it (a subprocess, stderr to a file): nothing but the error line, for each bad input."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ALTCLIP_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("ALTCLIP_DEBUG", None)
+    for args, expected in [([str(tmp_path / "gone"), "xtd10"], f"leakage run {tmp_path / 'gone'}: no such directory"),
+                           ([str(phase2_run), "xtd11"], "unknown benchmark 'xtd11'")]:
+        with open(tmp_path / "err.txt", "wb") as err:
+            code = subprocess.run([sys.executable, "-m", "altclip_train", "check-leakage", *args, "--data-root",
+                                   str(benchmark_root)], stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                  timeout=300).returncode
+        lines = (tmp_path / "err.txt").read_text(encoding="utf-8").splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"altclip-train: error: {expected}"), lines

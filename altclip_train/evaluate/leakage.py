@@ -491,11 +491,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--benchmark-options: not YAML: {str(error).splitlines()[0]}") from error
         if not isinstance(options, dict):
             raise UserError("--benchmark-options: give a mapping, e.g. '{xm3600: {languages: [en, de]}}'")
-    data = training_data([args.run], args.shards, upstream=not args.no_upstream)  # a bad RUN fails first
+    run_config_path(args.run)  # the cheap checks first (RUN, then the benchmarks), each failing in one line
     benchmarks = {}
     for name in args.benchmarks:
         benchmark = open_benchmark(name, args.data_root, **(options.get(name) or {}))
         benchmarks[benchmark.name] = benchmark
+    data = training_data([args.run], args.shards, upstream=not args.no_upstream)
     report = check_leakage(benchmarks, data, chunk_rows=args.chunk_rows, warn_fraction=args.warn_fraction)
     if args.json:
         import json
