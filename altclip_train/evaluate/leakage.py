@@ -183,7 +183,7 @@ def _model_dirs(cfg) -> list[Path]:
         elif isinstance(node, list):
             for value in node:
                 walk(value)
-        elif isinstance(node, str) and node.startswith(("/", "~", ".")) and "\n" not in node:
+        elif isinstance(node, str) and 0 < len(node) < 4096 and "\n" not in node and "://" not in node:
             path = Path(node).expanduser()
             if path.is_dir() and (path / "config.json").is_file():
                 found.append(path.resolve())
