@@ -31,12 +31,21 @@ _DEEPSPEED_CPU_NOTICE = "Setting accelerator to CPU"
 
 
 class TqdmHandler(logging.StreamHandler):
-    """A stream handler that writes through `tqdm.write`, which lifts any open bar out of the way."""
+    """A stream handler that writes through `tqdm.write`, which lifts any open bar out of the way.
+
+    Built without a stream it writes to whatever `sys.stderr` is when each record comes: pytest, notebooks and
+    applications that run the CLI in-process swap stderr, and a handler holding the old one would write into a
+    closed stream ("--- Logging error ---" in front of the one-line error that should stand alone)."""
+
+    def __init__(self, stream=None):
+        super().__init__(stream)
+        self.follows_stderr = stream is None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=self.stream)
-            self.flush()
+            stream = sys.stderr if self.follows_stderr else self.stream
+            tqdm.write(self.format(record), file=stream)
+            stream.flush()
         except Exception:  # noqa: BLE001 - logging must never raise; report the way logging does
             self.handleError(record)
 
@@ -61,7 +70,7 @@ def setup_logging(level: int = logging.INFO, fmt: str = DEFAULT_FORMAT, force: b
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    handler = TqdmHandler(sys.stderr)
+    handler = TqdmHandler()
     handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)
     root.setLevel(level)

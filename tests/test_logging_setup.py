@@ -62,6 +62,19 @@ def test_log_records_never_land_on_a_progress_bar_line(restore_logging):
             assert shared
 
 
+def test_the_handler_follows_stderr_when_it_is_swapped_and_the_old_one_closed(restore_logging, monkeypatch):
+    """A run in-process (a test's captured stderr, a notebook) leaves the root handler behind; a later command
+    with another stderr must log there, not into the closed stream with "--- Logging error ---"."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging(logging.INFO)
+    logging.getLogger("altclip_train.test_follow").info("first command")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("altclip_train.test_follow").info("second command")
+    assert "second command" in second.getvalue() and "Logging error" not in second.getvalue()
+
+
 def test_setup_logging_routes_transformers_records_through_one_handler(restore_logging, capsys):
     from transformers.utils import logging as hf_logging
 
