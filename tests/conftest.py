@@ -5,6 +5,7 @@ suite (tests/interop/) is collected only where open_clip and clip_benchmark impo
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,19 @@ REPO = Path(__file__).resolve().parents[1]
 # conftest of that folder: a second `conftest` module would shadow this one for `from conftest import ...`.
 if any(importlib.util.find_spec(name) is None for name in ("open_clip", "clip_benchmark")):
     collect_ignore_glob = ["interop/*"]
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """A test that runs a command in-process configures root logging for it (`setup_logging`); the handler it
+    adds must not outlive the test, or later tests' captured stderr gets its INFO lines."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @dataclass
